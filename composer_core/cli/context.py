@@ -1,0 +1,65 @@
+"""What every command shares: the merged settings and the plugin manager, built once per run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from composer_core import logs
+from composer_core.manager import Plugins
+from composer_core.settings import Settings, load_settings, name_list
+
+TRUTHY = ("1", "true", "yes", "on")
+
+
+@dataclass
+class App:
+    settings: Settings
+    plugins: Plugins
+    runtime_override: str | None = None
+
+
+def _env_disabled(environ: Mapping[str, str]) -> list[str]:
+    return [n.strip() for n in environ.get("XTM_COMPOSER_DISABLE_PLUGINS", "").split(",")
+            if n.strip()]
+
+
+def make_plugins(settings: Settings, environ: Mapping[str, str] | None = None) -> Plugins:
+    environ = os.environ if environ is None else environ
+    strict = settings.get("plugins.strict", False) or (
+        environ.get("XTM_COMPOSER_STRICT_PLUGINS", "").lower() in TRUTHY)
+    disabled = name_list(settings, "plugins.disabled") + _env_disabled(environ)
+    return Plugins(disabled=disabled, strict=bool(strict))
+
+
+def build_plugins_for_help() -> Plugins:
+    return Plugins(disabled=_env_disabled(os.environ))
+
+
+def build_app(params: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> App:
+    environ = os.environ if environ is None else environ
+    overrides: dict[str, Any] = {}
+    if params.get("log_level"):
+        overrides["manager.logger.level"] = params["log_level"].lower()
+    if params.get("runtime"):
+        overrides["opencti.daemon.selector"] = params["runtime"]
+    settings = load_settings(params.get("config_files") or (), environ=environ, overrides=overrides)
+    logs.configure(settings.get("manager.logger.level", "info"),
+                   settings.get("manager.logger.format", "text"))
+    return App(settings=settings, plugins=make_plugins(settings, environ),
+               runtime_override=params.get("runtime"))
+
+
+def get_app(ctx: click.Context | None = None) -> App:
+    """The :class:`App` of this invocation (settings loaded and validated on first use)."""
+    ctx = ctx or click.get_current_context()
+    root = ctx.find_root()
+    app = root.meta.get("xtm_composer.app")
+    if app is None:
+        app = build_app(root.params)
+        root.meta["xtm_composer.app"] = app
+    return app

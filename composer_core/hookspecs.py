@@ -1,0 +1,141 @@
+"""The hook contract of xtm-composer: everything a plugin can contribute.
+
+A plugin is a module (or any object) exposing functions marked with
+:data:`composer_core.hookimpl`, registered under the entry-point group ``xtm_composer``::
+
+    # pyproject.toml of a third-party plugin
+    [project.entry-points.xtm_composer]
+    vault = "composer_vault"
+
+Rules every hook follows:
+
+* Every hook is prefixed ``composer_`` and is called with keyword arguments only. Implementations
+  may accept fewer arguments than the spec names, and must not give them defaults (pluggy never
+  passes them).
+* Hooks that contribute things return a record (or a list of records) carrying a ``name``. The
+  names are user-facing (settings, ``--runtime``, ``xtm-composer plugins``) and must be unique across
+  all installed plugins: two plugins contributing the same name is an error naming both.
+* **Order is never the registration order.** pluggy calls the last registered implementation first;
+  xtm-composer ignores that and walks contributions in the order the *settings* name them
+  (``auth.chain``, ``images.resolvers``). A plugin cannot put itself first; a user can.
+* Heavy libraries (the Docker SDK, podman-py...) are imported inside the functions that use them,
+  never at module level: ``xtm-composer --help`` and ``xtm-composer plugins`` load every plugin.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from composer_core.types import CredentialProvider, ImageResolver, RuntimeBackend
+
+PROJECT = "xtm_composer"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+
+@hookspec
+def composer_image_resolvers() -> ImageResolver | list[ImageResolver]:
+    """Contribute image resolvers: rules that turn the image a connector names into the exact
+    reference to pull.
+
+    Called once per process, when the first image is resolved. Return one
+    :class:`~composer_core.types.ImageResolver` or a list of them.
+
+    The core applies the resolvers named in the setting ``images.resolvers`` (default
+    ``[registry-prefix, mirrors]``), in that order, each receiving the image text as the previous one
+    left it. ``resolve(image, settings)`` returns a :class:`~composer_core.types.Rewrite` (the new
+    image text and a one-line reason, shown by ``image resolve`` and ``auth explain``) or ``None`` to
+    leave the image unchanged. The result of every rewrite must be a valid reference, or resolution
+    fails naming the resolver.
+
+    Example::
+
+        @hookimpl
+        def composer_image_resolvers():
+            def pin_team_tag(image, settings):
+                if image.endswith(":latest"):
+                    return Rewrite(image[:-len("latest")] + "stable", "latest is not allowed here")
+                return None
+            return ImageResolver(name="no-latest", resolve=pin_team_tag)
+    """
+
+
+@hookspec
+def composer_credential_providers() -> CredentialProvider | list[CredentialProvider]:
+    """Contribute credential providers: the links of the registry-credential chain.
+
+    Called once per process. Return one :class:`~composer_core.types.CredentialProvider` or a list.
+
+    For every pull, the core walks the providers named in the setting ``auth.chain`` (default
+    ``[config, docker-config, keychain, containers-auth, anonymous]``) in that order, calling
+    ``lookup(request)`` with a :class:`~composer_core.types.CredentialRequest` (the resolved image,
+    its registry, the settings and the environment). The **first** provider answering
+    :class:`~composer_core.types.Found` wins and the walk stops; :class:`~composer_core.types.NotFound`
+    and :class:`~composer_core.types.Failed` are recorded in the trace (``auth explain``, auth
+    errors) and the walk goes on. A provider must only answer for the registry (and path scope) its
+    credentials belong to, and should not raise: an exception is recorded as an error of its step.
+
+    ``forget(credentials)``, when given, is called after a registry rejected credentials this
+    provider supplied (drop them from any cache).
+
+    Example::
+
+        @hookimpl
+        def composer_credential_providers():
+            def lookup(request):
+                token = vault.read(f"registries/{request.registry}")
+                if token is None:
+                    return NotFound(f"no vault entry for {request.registry}")
+                return Found(Credentials(registry=request.registry, source="vault",
+                                         username="ci", password=token,
+                                         key=f"registries/{request.registry}"),
+                             detail="vault path registries/" + request.registry)
+            return CredentialProvider(name="vault", lookup=lookup)
+
+    The user then adds ``vault`` to ``auth.chain`` where it should be asked.
+    """
+
+
+@hookspec
+def composer_runtime_backends() -> RuntimeBackend | list[RuntimeBackend]:
+    """Contribute container engines.
+
+    Called once per process. Return one :class:`~composer_core.types.RuntimeBackend` or a list.
+    ``connect(settings)`` returns a connected :class:`~composer_core.types.Runtime` (pull with
+    exactly one credential, create, start, stop, remove, inspect, list by label, logs) or raises a
+    :class:`~composer_core.errors.ComposerError` saying why the engine cannot be reached.
+
+    The backend used is the one named by ``--runtime`` or the setting ``opencti.daemon.selector``;
+    ``auto`` tries ``docker`` then ``podman`` and uses the first that answers.
+
+    Example::
+
+        @hookimpl
+        def composer_runtime_backends():
+            return RuntimeBackend(name="nerdctl", connect=NerdctlRuntime.connect)
+    """
+
+
+@hookspec
+def composer_register_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``xtm-composer`` command line.
+
+    Called when the command line is built, with the root :class:`click.Group`. A plugin adds its
+    commands with ``cli.command()`` or ``cli.add_command()``; a name already taken is an error.
+    Commands obtain the settings and the plugins through
+    :func:`composer_core.cli.context.get_app`.
+
+    Example::
+
+        @hookimpl
+        def composer_register_commands(cli):
+            @cli.command(name="vault-status")
+            def vault_status():
+                "Show whether the vault is reachable."
+                click.echo("ok")
+    """

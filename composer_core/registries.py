@@ -1,0 +1,77 @@
+"""Registry names and credential-file keys, normalised one way for every provider.
+
+* Hosts compare case-insensitively; the port is significant (``host:5000`` is not ``host``).
+* Docker Hub has one canonical name, ``docker.io``; ``index.docker.io``, ``registry-1.docker.io`` and
+  the Docker CLI's key ``https://index.docker.io/v1/`` are aliases of it.
+* A key's scheme and API-version path (``/v1/``, ``/v2/``) are dropped; any other path is a *scope*
+  (``quay.io/team/app``) that matches whole path segments only and never falls back to the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HUB = "docker.io"
+HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+#: The key the Docker CLI, docker-py and the credential helpers use for Docker Hub.
+HUB_KEY = "https://index.docker.io/v1/"
+
+
+def canonical_host(host: str) -> str:
+    host = host.strip().lower()
+    return HUB if host in HUB_ALIASES else host
+
+
+@dataclass(frozen=True, slots=True)
+class KeyScope:
+    """A normalised credential key: the registry host[:port] and an optional path scope."""
+
+    host: str
+    path: str = ""
+
+    def matches(self, registry: str, repository_path: str) -> int | None:
+        """How specifically this key covers ``registry/repository_path``: the number of path
+        segments it names (0 for a host-wide key), or ``None`` when it does not cover it."""
+        if self.host != canonical_host(registry):
+            return None
+        if not self.path:
+            return 0
+        if repository_path == self.path or repository_path.startswith(self.path + "/"):
+            return self.path.count("/") + 1
+        return None
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.path}" if self.path else self.host
+
+
+class InvalidKey(ValueError):
+    pass
+
+
+def parse_key(key: str) -> KeyScope:
+    """Normalise a config.json / auth.json key; raise :class:`InvalidKey` for one that is no key."""
+    if not isinstance(key, str) or not key.strip():
+        raise InvalidKey("empty key")
+    text = key.strip()
+    lowered = text.lower()
+    for scheme in ("https://", "http://"):
+        if lowered.startswith(scheme):
+            text = text[len(scheme):]
+            break
+    else:
+        if "://" in text:
+            raise InvalidKey(f"unsupported scheme in {key!r}")
+    host, _, path = text.partition("/")
+    path = path.strip("/")
+    if path in ("v1", "v2") or path.startswith(("v1/", "v2/")) and path.rstrip("/") in ("v1", "v2"):
+        path = ""
+    if not host or any(c in host for c in " @?#"):
+        raise InvalidKey(f"no registry host in {key!r}")
+    if any(c in path for c in "@:?#") or "//" in path:
+        raise InvalidKey(f"a key must not hold a tag, a digest or a query: {key!r}")
+    return KeyScope(canonical_host(host), path.lower())
+
+
+def helper_server_url(registry: str) -> str:
+    """The server URL a Docker credential helper is asked for (Docker Hub has its own)."""
+    return HUB_KEY if canonical_host(registry) == HUB else canonical_host(registry)
