@@ -58,3 +58,73 @@ class CredentialsError(ComposerError):
 
     exit_code = 4
     kind = "credentials"
+
+
+class RuntimeUnavailable(ComposerError):
+    """No container engine answers at the configured endpoint."""
+
+    exit_code = 5
+    kind = "runtime-unavailable"
+
+
+class RegistryError(ComposerError):
+    """A pull failed at the registry. Messages carry the credential trace (what was sent, from where)."""
+
+    exit_code = 6
+    kind = "registry"
+
+
+class AuthenticationRequired(RegistryError):
+    """The registry demands credentials and the pull was anonymous (no provider had any)."""
+
+    exit_code = 6
+    kind = "authentication-required"
+
+
+class CredentialsRejected(RegistryError):
+    """The registry rejected the credentials a provider supplied."""
+
+    exit_code = 7
+    kind = "unauthorized"
+
+
+class RegistryUnreachable(RegistryError):
+    """Nothing answers at the registry's address (connection refused, no route, DNS)."""
+
+    exit_code = 8
+    kind = "registry-unreachable"
+
+
+class RegistryTLSError(RegistryError):
+    """TLS failed: self-signed or unknown CA, or a plain-HTTP registry where TLS was expected."""
+
+    exit_code = 9
+    kind = "registry-tls"
+
+
+class ImageNotFound(RegistryError):
+    """The registry answered but has no such repository or tag."""
+
+    exit_code = 10
+    kind = "image-not-found"
+
+
+class InsecureRegistryNotAllowed(RegistryError):
+    """The settings mark a registry insecure but the Docker daemon does not allow it."""
+
+    exit_code = 11
+    kind = "insecure-not-allowed"
+
+
+class ContainerError(ComposerError):
+    """Creating, starting, stopping or removing a container failed."""
+
+    exit_code = 12
+    kind = "container"
+
+
+class ContainerNotFound(ContainerError):
+    """No container of this manager has that name."""
+
+    exit_code = 13
+    kind = "container-not-found"

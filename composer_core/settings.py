@@ -53,7 +53,7 @@ class Settings:
 
     def source(self, dotted: str) -> str:
         """The layer that set ``dotted`` (or the nearest parent that was set as a whole)."""
-        parts = dotted.split(".")
+        parts = [part.split("[", 1)[0] for part in dotted.split(".")]  # registries[1] -> registries
         while parts:
             key = ".".join(parts)
             if key in self._sources:
@@ -103,10 +103,14 @@ class Layer:
     origins: Mapping[str, str] | None = None
 
 
+#: mappings whose keys are data (registry names with dots), replaced whole like a list
+OPAQUE = frozenset({"opencti.daemon.docker.mirrors"})
+
+
 def _leaves(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
     for key, value in data.items():
         dotted = f"{prefix}{str(key).lower()}"
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, Mapping) and value and dotted not in OPAQUE:
             yield from _leaves(value, dotted + ".")
         else:
             yield dotted, value
@@ -187,9 +191,14 @@ def load_settings(config_files: Sequence[str | os.PathLike[str]] = (), *,
     sources: dict[str, str] = {}
     for layer in layers:
         for dotted, value in _leaves(layer.data):
-            if isinstance(value, Mapping):  # an empty mapping replaces, like a scalar
-                value = {}
-            store.set(dotted, value)
+            if isinstance(value, Mapping):
+                # an empty or opaque mapping replaces the previous one whole, like a scalar:
+                # cleared first, because dynaconf merges a mapping into an existing one
+                store.set(dotted, {})
+                if value:
+                    store.set(dotted, dict(value))
+            else:
+                store.set(dotted, value)
             _forget_children(sources, dotted)
             sources[dotted] = _origin_of(layer, dotted)
     data = {section: _plain(store.get(section)) for section in SECTIONS}
@@ -397,10 +406,12 @@ def _validate_registry(p: _Problems, prefix: str, entry: Any, *, url_required: b
     has_secret = bool(entry.get("password")) or bool(entry.get("password_file"))
     if entry.get("password") and entry.get("password_file"):
         p.add(f"{prefix}.password_file", "set either password or password_file, not both")
+    # each problem is reported on the key that *is* set, so that its origin can be named
+    secret_key = f"{prefix}.password" if entry.get("password") else f"{prefix}.password_file"
     if has_user and not has_secret:
-        p.add(f"{prefix}.password", "username is set but password (or password_file) is not")
+        p.add(f"{prefix}.username", "username is set but password (or password_file) is not")
     elif has_secret and not has_user:
-        p.add(f"{prefix}.username", "password is set but username is not")
+        p.add(secret_key, "password is set but username is not")
     if (has_user or has_secret) and not url and url_required is False:
-        p.add(f"{prefix}.url", "credentials are set but url is not: they would have no registry "
-                               "to belong to")
+        p.add(f"{prefix}.username" if has_user else secret_key,
+              "credentials are set but url is not: they would have no registry to belong to")

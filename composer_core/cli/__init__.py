@@ -23,15 +23,13 @@ BUILTIN_MODULES = ("plugins_cmd", "config_cmd", "image_cmd", "auth_cmd", "runtim
 
 
 class ComposerGroup(click.Group):
-    """A group whose plugin-contributed commands are added once, when first asked for."""
+    """A group whose plugin-contributed commands are collected once per invocation, when first
+    asked for (kept in the context, so that one run's plugins never leak into the next)."""
 
-    _plugins_added = False
-
-    def _add_plugin_commands(self, ctx: click.Context) -> None:
-        if self._plugins_added:
-            return
-        self._plugins_added = True
-        before = set(self.commands)
+    def _plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        meta = ctx.find_root().meta
+        if "xtm_composer.plugin_commands" in meta:
+            return meta["xtm_composer.plugin_commands"]
         probe = click.Group(name="probe")
         try:
             plugins = get_app(ctx).plugins
@@ -40,19 +38,21 @@ class ComposerGroup(click.Group):
             # command runs.
             plugins = build_plugins_for_help()
         plugins.register_commands(probe)
-        for name, command in probe.commands.items():
-            if name in before:
-                raise ComposerError(f"a plugin adds a command named {name!r}, which already exists")
-            self.add_command(command, name)
+        taken = sorted(set(probe.commands) & set(self.commands))
+        if taken:
+            raise ComposerError(f"a plugin adds a command named {taken[0]!r}, which already exists",
+                                hint="see `xtm-composer plugins`; disable the plugin with "
+                                     "XTM_COMPOSER_DISABLE_PLUGINS")
+        meta["xtm_composer.plugin_commands"] = dict(probe.commands)
+        return meta["xtm_composer.plugin_commands"]
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        self._add_plugin_commands(ctx)
-        return sorted(self.commands)
+        return sorted({*self.commands, *self._plugin_commands(ctx)})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands:
-            self._add_plugin_commands(ctx)
-        return self.commands.get(cmd_name)
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        return self._plugin_commands(ctx).get(cmd_name)
 
 
 @click.group(cls=ComposerGroup, context_settings={"help_option_names": ["-h", "--help"]})
