@@ -7,6 +7,8 @@ left; every change is recorded as a :class:`~composer_core.types.ResolutionStep`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from composer_core.errors import ComposerError, InvalidImage, SettingsError
 from composer_core.manager import Plugins
 from composer_core.reference import ImageRef, InvalidReference
@@ -27,7 +29,7 @@ def inactive_plugins(plugins: Plugins) -> set[str]:
     return {r.name for r in plugins.records() if r.status != "active"}
 
 
-def ordered(settings: Settings, key: str, available: dict[str, object], plugins: Plugins,
+def ordered(settings: Settings, key: str, available: Mapping[str, object], plugins: Plugins,
             label: str) -> list[str]:
     """The names listed under ``key``, checked: unknown names fail loudly, disabled ones drop out."""
     names = name_list(settings, key)

@@ -160,11 +160,11 @@ def test_plugin_commands_and_strict_switch_from_the_command_line(fake_site: Path
 
 @pytest.mark.parametrize("args", [["--help"], ["plugins"], ["config", "show"]])
 def test_light_commands_do_not_import_engine_sdks(args: list[str], tmp_path: Path) -> None:
-    code = ("import sys, runpy; sys.argv=['xtm-composer', *%r]\n"
+    code = ("import sys, runpy; sys.argv=['xtm-composer', *" + repr(args) + "]\n"
             "try:\n    runpy.run_module('composer_core', run_name='__main__')\n"
             "except SystemExit: pass\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('docker', 'podman', 'rich'))\n"
-            "print('HEAVY', heavy)" % (args,))
+            "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                          timeout=60)
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-500:]

@@ -30,8 +30,8 @@ def explain(image: str, as_json: bool) -> None:
     data = resolution.to_dict()
     lines = [f"image:     {data['image']}", f"resolved:  {data['resolved']}",
              f"registry:  {data['registry']}"]
-    for step in resolved.steps:
-        lines.append(f"  rewrite: {step.resolver}: {step.before} -> {step.after}")
+    for rewrite in resolved.steps:
+        lines.append(f"  rewrite: {rewrite.resolver}: {rewrite.before} -> {rewrite.after}")
     who = data["source"]
     if data["username"]:
         who += f" (user {data['username']})"
