@@ -1,0 +1,315 @@
+"""Provider ``docker-config``: Docker's config.json, real files in throwaway folders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from base64 import b64encode
+from pathlib import Path
+
+import pytest
+from composer_docker_config import lookup
+
+from composer_core.types import Failed, Found, NotFound
+from tests import keychain_helpers
+from tests.conftest import assert_no_secrets
+from tests.keychain_helpers import (
+    BAD_ENTRY_SECRET,
+    DOCKER_PASSWORD,
+    DOCKER_TOKEN,
+    SECRETS,
+    b64,
+    request,
+    write_json,
+)
+
+# fixtures of tests/keychain_helpers.py, made visible to this module
+clean_helper_cache = keychain_helpers.clean_helper_cache
+
+AUTH = b64(f"docker-user:{DOCKER_PASSWORD}")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "req-home"
+    path.mkdir()
+    return path
+
+
+def ask(image: str, make_settings, environ: dict[str, str]):
+    return lookup(request(image, make_settings(), environ))
+
+
+def test_home_docker_config(home: Path, make_settings) -> None:
+    path = write_json(home / ".docker/config.json", {"auths": {"reg.io": {"auth": AUTH}}})
+    result = ask("reg.io/team/app:1", make_settings, {"HOME": str(home)})
+    assert isinstance(result, Found)
+    creds = result.credentials
+    assert (creds.registry, creds.source, creds.username, creds.password) == (
+        "reg.io", "docker-config", "docker-user", DOCKER_PASSWORD)
+    assert (creds.key, creds.file) == ("reg.io", str(path))
+    assert result.detail == f"key 'reg.io' in {path} matches reg.io/team/app (user 'docker-user')"
+
+
+def test_home_comes_from_the_request_not_the_process(home: Path, make_settings) -> None:
+    # the process HOME (isolated_env) has a config.json; the request's HOME has none
+    write_json(Path(os.environ["HOME"]) / ".docker/config.json", {"auths": {"reg.io": {"auth": AUTH}}})
+    result = ask("reg.io/app", make_settings, {"HOME": str(home)})
+    assert isinstance(result, NotFound)
+    assert str(home / ".docker/config.json") in result.reason
+    assert isinstance(ask("reg.io/app", make_settings, {}), NotFound)
+
+
+def test_docker_config_is_a_directory_and_excludes_home(home: Path, tmp_path: Path, make_settings) -> None:
+    write_json(home / ".docker/config.json", {"auths": {"reg.io": {"auth": AUTH}}})
+    elsewhere = tmp_path / "dc"
+    elsewhere.mkdir()
+    result = ask("reg.io/app", make_settings, {"HOME": str(home), "DOCKER_CONFIG": str(elsewhere)})
+    assert isinstance(result, NotFound)
+    assert result.reason == f"no config.json at {elsewhere}/config.json (DOCKER_CONFIG={elsewhere})"
+    write_json(elsewhere / "config.json", {"auths": {"reg.io": {"username": "plain", "password": "pw-123456"}}})
+    found = ask("reg.io/app", make_settings, {"HOME": str(home), "DOCKER_CONFIG": str(elsewhere)})
+    assert isinstance(found, Found) and found.credentials.username == "plain"
+    assert found.credentials.file == str(elsewhere / "config.json")
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"auth": b64(f"docker-user:{DOCKER_PASSWORD}")}, ("docker-user", DOCKER_PASSWORD, None)),
+    ({"auth": b64(f"docker-user:{DOCKER_PASSWORD}", padded=False)}, ("docker-user", DOCKER_PASSWORD, None)),
+    ({"auth": b64(f"docker-user:{DOCKER_PASSWORD}\0\0")}, ("docker-user", DOCKER_PASSWORD, None)),
+    ({"auth": b64("docker-user:pa:ss:word")}, ("docker-user", "pa:ss:word", None)),
+    ({"username": "docker-user", "password": DOCKER_PASSWORD}, ("docker-user", DOCKER_PASSWORD, None)),
+    ({"auth": b64("docker-user:"), "identitytoken": DOCKER_TOKEN}, ("docker-user", None, DOCKER_TOKEN)),
+    ({"identitytoken": DOCKER_TOKEN}, (None, None, DOCKER_TOKEN)),
+    # auth wins over plaintext fields, as in the Docker CLI
+    ({"auth": AUTH, "username": "other", "password": "other-pw"}, ("docker-user", DOCKER_PASSWORD, None)),
+], ids=["padded", "unpadded", "trailing-nuls", "colon-in-password", "plaintext", "auth+token", "token",
+        "auth-wins"])
+def test_entry_shapes(home: Path, make_settings, entry: dict, expected: tuple) -> None:
+    write_json(home / ".docker/config.json", {"auths": {"reg.io": entry}})
+    result = ask("reg.io/app", make_settings, {"HOME": str(home)})
+    assert isinstance(result, Found), result
+    creds = result.credentials
+    assert (creds.username, creds.password, creds.identity_token) == expected
+    if expected[2]:
+        assert creds.engine_auth() == {"serveraddress": "reg.io", "identitytoken": DOCKER_TOKEN}
+        assert "identity token" in result.detail
+    assert_no_secrets(result.detail + repr(result), SECRETS)
+
+
+@pytest.mark.parametrize("key, image", [
+    ("https://index.docker.io/v1/", "alpine"),
+    ("docker.io", "library/alpine:3"),
+    ("index.docker.io", "docker.io/library/alpine"),
+    ("registry-1.docker.io", "myorg/app"),
+    ("https://index.docker.io/v1", "myorg/app"),
+    ("https://my.registry.net/v1/", "my.registry.net/app"),
+    ("http://my.registry.net/v2/", "my.registry.net/app"),
+    ("MY.Registry.NET", "my.registry.net/team/app"),
+    ("10.10.30.45:5000", "10.10.30.45:5000/app"),
+    ("https://localhost:5000", "localhost:5000/app"),
+])
+def test_keys_are_normalised(home: Path, make_settings, key: str, image: str) -> None:
+    write_json(home / ".docker/config.json", {"auths": {key: {"auth": AUTH}}})
+    result = ask(image, make_settings, {"HOME": str(home)})
+    assert isinstance(result, Found), result
+    assert result.credentials.key == key
+
+
+@pytest.mark.parametrize("key, image", [
+    ("10.10.30.45", "10.10.30.45:5000/app"),  # the port is significant
+    ("10.10.30.45:5000", "10.10.30.45/app"),
+    ("localhost:5001", "localhost:5000/app"),
+    ("https://index.docker.io/v1/", "quay.io/app"),
+    ("reg.io", "sub.reg.io/app"),
+])
+def test_keys_that_do_not_match(home: Path, make_settings, key: str, image: str) -> None:
+    path = write_json(home / ".docker/config.json", {"auths": {key: {"auth": AUTH}, "other.io": {}}})
+    result = ask(image, make_settings, {"HOME": str(home)})
+    assert isinstance(result, NotFound)
+    assert result.reason.startswith("no entry for ")
+    assert f" in {path} (keys: {key}, other.io)" in result.reason
+
+
+def test_marker_means_not_here(home: Path, make_settings) -> None:
+    write_json(home / ".docker/config.json", {"auths": {"https://index.docker.io/v1/": {}},
+                                              "credsStore": "pass"})
+    result = ask("alpine", make_settings, {"HOME": str(home)})
+    assert isinstance(result, NotFound)
+    assert "'https://index.docker.io/v1/': {} marker" in result.reason
+    assert "keychain" in result.reason
+
+
+def test_bad_entries_are_skipped_and_never_break_the_file(home: Path, make_settings,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="xtm_composer")
+    path = write_json(home / ".docker/config.json", {"auths": {
+        "bad64.io": {"auth": "!!" + BAD_ENTRY_SECRET},
+        "nocolon.io": {"auth": b64(BAD_ENTRY_SECRET)},
+        "int.io": {"auth": 12345},
+        "list.io": [BAD_ENTRY_SECRET],
+        "nopass.io": {"username": "someone"},
+        "nouser.io": {"password": BAD_ENTRY_SECRET},
+        "quay.io/app:latest": {"auth": AUTH},
+        "": {"auth": AUTH},
+        "latin1.io": {"auth": b64encode(b"user:\xff\xfe").decode()},
+        "reg.io": {"auth": AUTH},
+    }})
+    good = ask("reg.io/app", make_settings, {"HOME": str(home)})
+    assert isinstance(good, Found) and good.credentials.password == DOCKER_PASSWORD
+    for host in ("bad64.io", "nocolon.io", "int.io", "list.io", "nopass.io", "nouser.io"):
+        result = ask(f"{host}/app", make_settings, {"HOME": str(home)})
+        assert isinstance(result, NotFound), host
+    reason = ask("bad64.io/app", make_settings, {"HOME": str(home)}).reason
+    assert "entry 'bad64.io' skipped: bad base64" in reason
+    assert "entry 'nocolon.io' skipped: auth has no ':' (expected base64 of user:password)" in reason
+    assert "entry 'int.io' skipped: auth is a number, expected a string" in reason
+    assert "entry 'list.io' skipped: is a list, expected an object" in reason
+    assert "entry 'nopass.io' skipped: no password" in reason
+    assert "entry 'nouser.io' skipped: no username" in reason
+    assert "entry 'quay.io/app:latest' skipped: invalid key" in reason
+    assert "entry '' skipped: invalid key: empty key" in reason
+    assert "entry 'latin1.io' skipped: auth does not decode to UTF-8 text" in reason
+    assert str(path) in caplog.text  # warned once about the skipped entries
+    assert_no_secrets(reason + caplog.text, SECRETS)
+
+
+@pytest.mark.parametrize("content, why", [
+    ("{not json", "is not valid JSON: Expecting property name enclosed in double quotes at line 1"),
+    ('{"auths": {"reg.io": {"auth": "' + BAD_ENTRY_SECRET + '"}', "is not valid JSON"),
+    ("[1, 2]", "must hold a JSON object, found a list"),
+    (b"\xff\xfe{}", "is not UTF-8 text"),
+    ('{"auths": ["reg.io"]}', "'auths' is a list, expected an object"),
+    ('{"auths": "' + BAD_ENTRY_SECRET + '"}', "'auths' is a string, expected an object"),
+])
+def test_malformed_file_is_an_error_of_this_step(home: Path, make_settings, content, why) -> None:
+    path = home / ".docker/config.json"
+    path.parent.mkdir()
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    result = ask("reg.io/app", make_settings, {"HOME": str(home)})
+    assert isinstance(result, Failed) and not result.fatal
+    assert str(path) in result.reason and why in result.reason
+    assert_no_secrets(result.reason, SECRETS)
+
+
+def test_config_json_that_is_a_directory(home: Path, make_settings) -> None:
+    (home / ".docker/config.json").mkdir(parents=True)
+    result = ask("reg.io/app", make_settings, {"HOME": str(home)})
+    assert isinstance(result, Failed)
+    assert result.reason == f"{home}/.docker/config.json is a directory, not a file"
+
+
+def test_unreadable_files(home: Path, tmp_path: Path, make_settings) -> None:
+    # DOCKER_CONFIG names a file, not a directory
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    result = ask("reg.io/app", make_settings, {"DOCKER_CONFIG": str(not_a_dir)})
+    assert isinstance(result, Failed) and "Not a directory" in result.reason
+    # a symlink loop, a FIFO (which would block a naive read forever)
+    loop = tmp_path / "loop"
+    loop.mkdir()
+    (loop / "config.json").symlink_to(loop / "config.json")
+    result = ask("reg.io/app", make_settings, {"DOCKER_CONFIG": str(loop)})
+    assert isinstance(result, Failed) and "symbolic links" in result.reason
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "config.json")
+    result = ask("reg.io/app", make_settings, {"DOCKER_CONFIG": str(fifo)})
+    assert isinstance(result, Failed) and "is not a regular file" in result.reason
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode-000 file anyway")
+def test_permission_denied(home: Path, make_settings) -> None:
+    path = write_json(home / ".docker/config.json", {"auths": {}})
+    path.chmod(0)
+    result = ask("reg.io/app", make_settings, {"HOME": str(home)})
+    assert isinstance(result, Failed) and "Permission denied" in result.reason
+
+
+def test_empty_file_is_an_empty_configuration(home: Path, make_settings) -> None:
+    write_json(home / ".docker/config.json", "  \n")
+    result = ask("reg.io/app", make_settings, {"HOME": str(home)})
+    assert isinstance(result, NotFound) and "(no keys)" in result.reason
+
+
+def test_tie_break_exact_key_then_file_order(home: Path, make_settings,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="xtm_composer")
+    write_json(home / ".docker/config.json", {"auths": {
+        "https://reg.io/v1/": {"username": "first-alias", "password": "pw-aaaa1"},
+        "REG.IO": {"username": "second-alias", "password": "pw-bbbb2"},
+        "reg.io": {"username": "exact", "password": "pw-cccc3"},
+    }})
+    for _ in range(3):
+        result = ask("reg.io/app", make_settings, {"HOME": str(home)})
+        assert isinstance(result, Found) and result.credentials.username == "exact"
+    assert "'https://reg.io/v1/', 'REG.IO' also match as specifically; 'reg.io' wins (exact key first)" \
+        in result.detail
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "wins" in r.getMessage()]
+    assert len(warnings) == 1  # once per process, not once per pull
+
+    write_json(home / ".docker/config.json", {"auths": {
+        "https://reg.io/v2/": {"username": "first", "password": "pw-aaaa1"},
+        "REG.IO": {"username": "second", "password": "pw-bbbb2"},
+    }})
+    result = ask("reg.io/app", make_settings, {"HOME": str(home)})
+    assert isinstance(result, Found) and result.credentials.username == "first"
+    assert "'https://reg.io/v2/' wins (file order)" in result.detail
+
+
+def test_hub_tie_break_prefers_the_keys_logins_write(home: Path, make_settings) -> None:
+    write_json(home / ".docker/config.json", {"auths": {
+        "registry-1.docker.io": {"username": "alias", "password": "pw-aaaa1"},
+        "https://index.docker.io/v1/": {"username": "docker-login", "password": "pw-bbbb2"},
+    }})
+    result = ask("alpine", make_settings, {"HOME": str(home)})
+    assert isinstance(result, Found) and result.credentials.username == "docker-login"
+    write_json(home / ".docker/config.json", {"auths": {
+        "index.docker.io": {"username": "alias", "password": "pw-aaaa1"},
+        "docker.io": {"username": "podman-login", "password": "pw-bbbb2"},
+        "https://index.docker.io/v1/": {"username": "docker-login", "password": "pw-cccc3"},
+    }})
+    result = ask("alpine", make_settings, {"HOME": str(home)})
+    assert isinstance(result, Found) and result.credentials.username == "podman-login"
+    assert "'docker.io' wins (exact key first, then file order)" in result.detail
+
+
+def test_path_scoped_keys_are_not_collapsed_to_the_host(home: Path, make_settings) -> None:
+    write_json(home / ".docker/config.json", {"auths": {
+        "reg.io/team-a": {"username": "team-a", "password": "pw-aaaa1"},
+        "reg.io/team-a/special": {"username": "special", "password": "pw-bbbb2"},
+    }})
+    env = {"HOME": str(home)}
+    found = ask("reg.io/team-a/app:1", make_settings, env)
+    assert isinstance(found, Found) and found.credentials.username == "team-a"
+    assert found.credentials.key == "reg.io/team-a"
+    assert ask("reg.io/team-a/special/x", make_settings, env).credentials.username == "special"
+    for image in ("reg.io/team-b/app", "reg.io/team-ab/app", "reg.io/app"):
+        result = ask(image, make_settings, env)
+        assert isinstance(result, NotFound), image
+        assert "scoped to other paths of this registry" in result.reason
+
+
+def test_host_wide_and_path_scoped_most_specific_wins(home: Path, make_settings) -> None:
+    write_json(home / ".docker/config.json", {"auths": {
+        "reg.io": {"username": "host", "password": "pw-aaaa1"},
+        "reg.io/team-a": {"username": "team-a", "password": "pw-bbbb2"},
+    }})
+    env = {"HOME": str(home)}
+    assert ask("reg.io/team-a/app", make_settings, env).credentials.username == "team-a"
+    assert ask("reg.io/team-b/app", make_settings, env).credentials.username == "host"
+
+
+def test_an_edited_file_is_read_again(home: Path, make_settings) -> None:
+    path = write_json(home / ".docker/config.json", {"auths": {"reg.io": {"username": "one", "password": "pw-1111"}}})
+    assert ask("reg.io/app", make_settings, {"HOME": str(home)}).credentials.username == "one"
+    write_json(path, {"auths": {"reg.io": {"username": "twotwo", "password": "pw-2222"}}})
+    assert ask("reg.io/app", make_settings, {"HOME": str(home)}).credentials.username == "twotwo"
+
+
+def test_registry_is_canonical(home: Path, make_settings) -> None:
+    write_json(home / ".docker/config.json", {"auths": {"index.docker.io": {"auth": AUTH}}})
+    result = ask("index.docker.io/library/alpine", make_settings, {"HOME": str(home)})
+    assert isinstance(result, Found)
+    assert result.credentials.registry == "docker.io"
+    assert result.credentials.engine_auth()["serveraddress"] == "docker.io"

@@ -1,0 +1,414 @@
+"""Provider ``keychain``: Docker credential helpers, real executables run by the real provider.
+
+The error shapes (non-standard "not found", garbage, exit 1, a hang, a counter) come from small
+shell-script helpers (tests/keychain_helpers.py): a real keychain cannot be made to produce them on
+demand. The OS keychain itself is Debian's ``docker-credential-pass`` (tests marked integration).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from composer_keychain import CACHE, lookup
+
+from composer_core.auth import forget_rejected, resolve_credentials
+from composer_core.errors import CredentialsError
+from composer_core.images import resolve_image
+from composer_core.types import Failed, Found, NotFound
+from tests import keychain_helpers
+from tests.conftest import assert_no_secrets
+from tests.keychain_helpers import (
+    GARBAGE_SECRET,
+    HELPER_SECRET,
+    HELPER_TOKEN,
+    HELPERS,
+    PASS_SECRET,
+    PASS_TOKEN,
+    SECRETS,
+    PassStore,
+    calls,
+    counting_helper,
+    hanging_helper,
+    helper_env,
+    request,
+    write_helper,
+    write_json,
+)
+
+# fixtures of tests/keychain_helpers.py, made visible to this module
+clean_helper_cache = keychain_helpers.clean_helper_cache
+pass_store = keychain_helpers.pass_store
+
+
+class Clock:
+    """Injected into the cache: expiry without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(CACHE, "clock", fake)
+    return fake
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "kc-home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def bin_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "bin"
+    path.mkdir()
+    return path
+
+
+def config(home: Path, data: dict) -> Path:
+    return write_json(home / ".docker/config.json", data)
+
+
+def ask(image: str, settings, environ: dict[str, str]):
+    return lookup(request(image, settings, environ))
+
+
+def test_creds_store_found_then_cached(home: Path, bin_dir: Path, make_settings, clock: Clock) -> None:
+    path = config(home, {"credsStore": "count", "auths": {"reg.io": {}}})
+    counting_helper(bin_dir)
+    env = helper_env(home, bin_dir)
+    first = ask("reg.io/team/app:1", make_settings(), env)
+    assert isinstance(first, Found)
+    creds = first.credentials
+    assert (creds.registry, creds.source, creds.username, creds.password, creds.identity_token) == (
+        "reg.io", "keychain", "helper-user", HELPER_SECRET, None)
+    assert (creds.key, creds.file) == ("credsStore -> docker-credential-count", str(path))
+    assert first.detail.startswith(f"docker-credential-count (credsStore in {path}) for reg.io: "
+                                   "user 'helper-user'; helper ran (")
+    clock.now += 299
+    second = ask("reg.io/other:2", make_settings(), env)
+    assert isinstance(second, Found) and second.credentials.password == HELPER_SECRET
+    assert second.detail.endswith("; from cache (expires in 1 s)")
+    assert calls(bin_dir) == ["reg.io"]
+    clock.now += 2  # past auth.cache_ttl (300 s)
+    assert "helper ran" in ask("reg.io/app", make_settings(), env).detail
+    assert calls(bin_dir) == ["reg.io", "reg.io"]
+    assert_no_secrets(first.detail + second.detail + repr(first), SECRETS)
+
+
+def test_hub_server_url_and_per_registry_cache(home: Path, bin_dir: Path, make_settings) -> None:
+    config(home, {"credsStore": "count"})
+    counting_helper(bin_dir)
+    env = helper_env(home, bin_dir)
+    for image in ("alpine", "docker.io/library/alpine", "index.docker.io/myorg/app", "localhost:5000/x",
+                  "LOCALHOST:5000/y"):
+        assert isinstance(ask(image, make_settings(), env), Found)
+    # one execution per (helper, registry); Docker Hub is asked with the CLI's key
+    assert calls(bin_dir) == ["https://index.docker.io/v1/", "localhost:5000"]
+
+
+def test_cred_helpers_win_over_creds_store(home: Path, bin_dir: Path, make_settings) -> None:
+    path = config(home, {"credsStore": "std-notfound",
+                         "credHelpers": {"Reg.IO": "count", "index.docker.io": "count"}})
+    write_helper(bin_dir, "std-notfound", HELPERS["std-notfound"])
+    counting_helper(bin_dir)
+    env = helper_env(home, bin_dir)
+    found = ask("reg.io/app", make_settings(), env)
+    assert isinstance(found, Found)
+    assert found.credentials.key == "credHelpers[Reg.IO] -> docker-credential-count"
+    assert found.credentials.file == str(path)
+    assert ask("alpine", make_settings(), env).credentials.key == \
+        "credHelpers[index.docker.io] -> docker-credential-count"
+    other = ask("quay.io/app", make_settings(), env)
+    assert isinstance(other, NotFound)
+    assert other.reason.startswith(f"docker-credential-std-notfound (credsStore in {path}) for quay.io: "
+                                   "credentials not found in native keychain; helper ran (")
+
+
+def test_cred_helpers_tie_break_and_bad_entries(home: Path, bin_dir: Path, make_settings) -> None:
+    config(home, {"credHelpers": {"https://reg.io/v1/": "std-notfound", "reg.io": "count",
+                                  "reg.io/team": "count", "ghcr.io": 12, "gcr.io": "../evil"}})
+    counting_helper(bin_dir)
+    env = helper_env(home, bin_dir)
+    found = ask("reg.io/app", make_settings(), env)
+    assert isinstance(found, Found)
+    assert "credHelpers 'https://reg.io/v1/' also matches; 'reg.io' wins (exact key first" in found.detail
+    assert "credHelpers['reg.io/team'] skipped: credHelpers keys are hosts" in found.detail
+    ghcr = ask("ghcr.io/app", make_settings(), env)
+    assert isinstance(ghcr, NotFound)
+    assert "credHelpers['ghcr.io'] skipped: it is a number, expected a helper name" in ghcr.reason
+    assert "credHelpers['gcr.io'] skipped: it is not a helper name" in ghcr.reason
+
+
+def test_empty_names(home: Path, bin_dir: Path, make_settings) -> None:
+    counting_helper(bin_dir)
+    env = helper_env(home, bin_dir)
+    path = config(home, {"credsStore": ""})
+    result = ask("reg.io/app", make_settings(), env)
+    assert isinstance(result, NotFound)
+    assert result.reason == f"{path}: no credHelpers entry for reg.io and credsStore is empty"
+    config(home, {"credsStore": "count", "credHelpers": {"reg.io": ""}})
+    result = ask("reg.io/app", make_settings(), env)
+    assert isinstance(result, NotFound) and "credHelpers[reg.io] is empty: no helper for reg.io" in result.reason
+    config(home, {"credsStore": ["count"]})
+    result = ask("reg.io/app", make_settings(), env)
+    assert isinstance(result, Failed) and "credsStore is a list, expected a helper name" in result.reason
+    config(home, {"credHelpers": ["count"], "credsStore": "count"})
+    result = ask("reg.io/app", make_settings(), env)
+    assert isinstance(result, Found) and "credHelpers skipped: it is a list" in result.detail
+    assert calls(bin_dir) == ["reg.io"]
+
+
+def test_no_config_and_broken_config(home: Path, make_settings) -> None:
+    result = ask("reg.io/app", make_settings(), helper_env(home))
+    assert isinstance(result, NotFound) and "no config.json at" in result.reason
+    config(home, "{oops")
+    result = ask("reg.io/app", make_settings(), helper_env(home))
+    assert isinstance(result, Failed) and "is not valid JSON" in result.reason
+    (home / "dc/config.json").mkdir(parents=True)
+    result = ask("reg.io/app", make_settings(), helper_env(home, DOCKER_CONFIG=str(home / "dc")))
+    assert isinstance(result, Failed) and "is a directory" in result.reason
+    config(home, {"auths": {}})
+    result = ask("reg.io/app", make_settings(), helper_env(home))
+    assert isinstance(result, NotFound) and "no credHelpers entry for reg.io and no credsStore" in result.reason
+
+
+@pytest.mark.parametrize("helper, outcome, text", [
+    ("std-notfound", NotFound, "credentials not found in native keychain"),
+    ("empty", NotFound, "empty Username and Secret (not found)"),
+    ("odd-notfound", Failed, "exited 1 with a non-standard answer ("),
+    ("garbage", Failed, "exited 0 with a non-standard answer ("),
+    ("fails", Failed, "exited 1 with a non-standard answer ("),
+])
+def test_helper_answers(home: Path, bin_dir: Path, make_settings, caplog: pytest.LogCaptureFixture,
+                        helper: str, outcome: type, text: str) -> None:
+    caplog.set_level(logging.DEBUG, logger="xtm_composer")
+    config(home, {"credsStore": helper})
+    write_helper(bin_dir, helper, HELPERS[helper])
+    result = ask("reg.io/app", make_settings(), helper_env(home, bin_dir))
+    assert isinstance(result, outcome)
+    shown = result.reason
+    assert text in shown
+    if outcome is Failed:
+        assert not result.fatal
+        assert "not shown" in shown
+    assert_no_secrets(shown + caplog.text, SECRETS)
+    strict = ask("reg.io/app", make_settings({"auth.strict_helpers": True}), helper_env(home, bin_dir))
+    assert isinstance(strict, outcome)
+    if outcome is Failed:
+        assert strict.fatal and "from cache" in strict.reason  # errors are kept for the miss TTL
+
+
+def test_identity_token(home: Path, bin_dir: Path, make_settings) -> None:
+    config(home, {"credHelpers": {"docker.io": "token"}})
+    write_helper(bin_dir, "token", HELPERS["token"])
+    result = ask("alpine", make_settings(), helper_env(home, bin_dir))
+    assert isinstance(result, Found)
+    creds = result.credentials
+    assert (creds.username, creds.password, creds.identity_token) == (None, None, HELPER_TOKEN)
+    assert creds.engine_auth() == {"serveraddress": "docker.io", "identitytoken": HELPER_TOKEN}
+    assert "identity token" in result.detail
+    assert_no_secrets(result.detail + repr(creds) + str(creds.public()), SECRETS)
+
+
+def test_missing_helper(home: Path, bin_dir: Path, make_settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = config(home, {"credsStore": "desktop"})
+    result = ask("alpine", make_settings(), helper_env(home, bin_dir))
+    assert isinstance(result, Failed) and not result.fatal
+    assert result.reason == (f"docker-credential-desktop (credsStore in {path}) is not on PATH; install it "
+                             f"or remove credsStore from {path}")
+    strict = ask("alpine", make_settings({"auth.strict_helpers": True}), helper_env(home, bin_dir))
+    assert isinstance(strict, Failed) and strict.fatal
+    # PATH is the request's, never the process's
+    counting_helper(bin_dir, "desktop")
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    assert isinstance(ask("alpine", make_settings(), helper_env(home)), Failed)
+    assert isinstance(ask("alpine", make_settings(), helper_env(home, bin_dir)), Found)
+
+
+def test_not_executable_and_bad_interpreter(home: Path, bin_dir: Path, make_settings) -> None:
+    config(home, {"credsStore": "broken"})
+    helper = write_helper(bin_dir, "broken", "")
+    helper.write_text("#!/nonexistent/interpreter\n")
+    result = ask("reg.io/app", make_settings(), helper_env(home, bin_dir))
+    assert isinstance(result, Failed) and "cannot be run: No such file or directory" in result.reason
+    CACHE.clear()
+    helper.chmod(0o644)
+    result = ask("reg.io/app", make_settings(), helper_env(home, bin_dir))
+    assert isinstance(result, Failed) and "is not on PATH" in result.reason
+
+
+def test_hanging_helper_is_killed_at_the_timeout(home: Path, bin_dir: Path, make_settings) -> None:
+    config(home, {"credsStore": "hang"})
+    hanging_helper(bin_dir)
+    settings = make_settings({"auth.helper_timeout": 0.5})
+    started = time.monotonic()
+    result = ask("reg.io/app", settings, helper_env(home, bin_dir))
+    elapsed = time.monotonic() - started
+    assert isinstance(result, Failed) and not result.fatal
+    assert "did not answer within 0.5 s and was killed" in result.reason
+    assert elapsed < 3, elapsed
+    # the helper's child (which held the pipes) was killed with it
+    sleeper = int((bin_dir / "hang.pid").read_text())
+    deadline = time.monotonic() + 3
+    while _alive(sleeper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(sleeper)
+    # kept for the miss TTL: the next pull does not stall again
+    started = time.monotonic()
+    again = ask("reg.io/app", settings, helper_env(home, bin_dir))
+    assert "from cache" in again.reason and time.monotonic() - started < 0.4
+    strict = ask("reg.io/app", make_settings({"auth.helper_timeout": 0.5, "auth.strict_helpers": True}),
+                 helper_env(home, bin_dir))
+    assert isinstance(strict, Failed) and strict.fatal
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_miss_ttl_and_disabled_cache(home: Path, bin_dir: Path, make_settings, clock: Clock) -> None:
+    config(home, {"credsStore": "miss"})
+    write_helper(bin_dir, "miss", f'url=$(cat)\necho "$url" >> "{bin_dir}/miss.calls"\n'
+                                  'echo "credentials not found in native keychain"; exit 1\n')
+    env = helper_env(home, bin_dir)
+    for _ in range(3):
+        assert isinstance(ask("reg.io/app", make_settings(), env), NotFound)
+    assert calls(bin_dir, "miss") == ["reg.io"]
+    clock.now += 31  # past auth.cache_miss_ttl (30 s)
+    assert "helper ran" in ask("reg.io/app", make_settings(), env).reason
+    assert len(calls(bin_dir, "miss")) == 2
+    no_cache = make_settings({"auth.cache_ttl": 0, "auth.cache_miss_ttl": 0})
+    CACHE.clear()
+    for _ in range(3):
+        ask("reg.io/app", no_cache, env)
+    assert len(calls(bin_dir, "miss")) == 5
+
+
+def test_short_ttl_from_settings(home: Path, bin_dir: Path, make_settings, clock: Clock) -> None:
+    config(home, {"credsStore": "count"})
+    counting_helper(bin_dir)
+    settings = make_settings({"auth.cache_ttl": 5})
+    ask("reg.io/app", settings, helper_env(home, bin_dir))
+    clock.now += 4
+    ask("reg.io/app", settings, helper_env(home, bin_dir))
+    clock.now += 2
+    ask("reg.io/app", settings, helper_env(home, bin_dir))
+    assert len(calls(bin_dir)) == 2
+
+
+def test_concurrent_lookups_run_the_helper_once(home: Path, bin_dir: Path, make_settings) -> None:
+    config(home, {"credsStore": "count"})
+    counting_helper(bin_dir, delay=0.3)
+    settings = make_settings()
+    env = helper_env(home, bin_dir)
+    results: list[object] = []
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait()
+        results.append(ask("reg.io/app", settings, env))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(results) == 8 and all(isinstance(r, Found) for r in results)
+    assert calls(bin_dir) == ["reg.io"]
+
+
+def test_forget_on_rejection(home: Path, bin_dir: Path, make_settings, plugins, tmp_path: Path) -> None:
+    config(home, {"credsStore": "count"})
+    counting_helper(bin_dir)
+    settings = make_settings({"auth.chain": ["keychain", "anonymous"]})
+    env = helper_env(home, bin_dir)
+    image = resolve_image("reg.io/app:1", settings, plugins)
+    first = resolve_credentials(image, settings, plugins, environ=env)
+    assert first.source == "keychain"
+    resolve_credentials(image, settings, plugins, environ=env)
+    assert len(calls(bin_dir)) == 1
+    forget_rejected(first, plugins)  # the registry answered 401
+    again = resolve_credentials(image, settings, plugins, environ=env)
+    assert "helper ran" in again.steps[0].detail
+    assert len(calls(bin_dir)) == 2
+    # another registry's answer is kept
+    resolve_credentials(resolve_image("quay.io/x", settings, plugins), settings, plugins, environ=env)
+    forget_rejected(again, plugins)
+    resolve_credentials(resolve_image("quay.io/x", settings, plugins), settings, plugins, environ=env)
+    assert calls(bin_dir) == ["reg.io", "reg.io", "quay.io"]
+
+
+def test_strict_helpers_stop_the_chain(home: Path, bin_dir: Path, make_settings, plugins) -> None:
+    config(home, {"credsStore": "garbage"})
+    write_helper(bin_dir, "garbage", HELPERS["garbage"])
+    env = helper_env(home, bin_dir)
+    lenient = make_settings()
+    image = resolve_image("reg.io/app", lenient, plugins)
+    resolution = resolve_credentials(image, lenient, plugins, environ=env)
+    assert resolution.source == "anonymous"
+    assert [s.outcome for s in resolution.steps][:3] == ["not-found", "not-found", "error"]
+    with pytest.raises(CredentialsError) as raised:
+        resolve_credentials(image, make_settings({"auth.strict_helpers": True}), plugins, environ=env)
+    assert "credential provider 'keychain' failed for reg.io" in str(raised.value)
+    assert_no_secrets(str(raised.value), SECRETS + [GARBAGE_SECRET])
+
+
+# --- the real OS keychain: docker-credential-pass ---------------------------------------------------
+
+
+@pytest.mark.integration
+def test_pass_found_not_found_and_token(pass_store: PassStore, home: Path, make_settings) -> None:
+    pass_store.store("https://index.docker.io/v1/", "hub-user", PASS_SECRET)
+    pass_store.store("localhost:5000", "<token>", PASS_TOKEN)
+    path = config(home, {"credsStore": "pass", "auths": {"https://index.docker.io/v1/": {}}})
+    env = {**pass_store.environ, "HOME": str(home)}
+    hub = ask("alpine", make_settings(), env)
+    assert isinstance(hub, Found), hub
+    assert (hub.credentials.username, hub.credentials.password) == ("hub-user", PASS_SECRET)
+    assert hub.credentials.key == "credsStore -> docker-credential-pass"
+    assert hub.credentials.file == str(path)
+    local = ask("localhost:5000/team/app", make_settings(), env)
+    assert isinstance(local, Found) and local.credentials.identity_token == PASS_TOKEN
+    assert local.credentials.username is None
+    # this version answers an unknown server with exit 0 and an empty Username/Secret
+    unknown = ask("quay.io/app", make_settings(), env)
+    assert isinstance(unknown, NotFound)
+    assert "empty Username and Secret (not found)" in unknown.reason
+    assert "from cache" in ask("alpine", make_settings(), env).detail
+    assert_no_secrets(hub.detail + local.detail + unknown.reason + repr(hub) + repr(local), SECRETS)
+
+
+@pytest.mark.integration
+def test_pass_through_cred_helpers_and_the_chain(pass_store: PassStore, home: Path, make_settings,
+                                                 plugins) -> None:
+    pass_store.store("registry.example.com:5443", "chain-user", PASS_SECRET)
+    config(home, {"credHelpers": {"registry.example.com:5443": "pass"}})
+    env = {**pass_store.environ, "HOME": str(home)}
+    settings = make_settings()
+    image = resolve_image("registry.example.com:5443/team/app:1", settings, plugins)
+    resolution = resolve_credentials(image, settings, plugins, environ=env)
+    assert resolution.source == "keychain"
+    assert resolution.credentials.engine_auth() == {
+        "serveraddress": "registry.example.com:5443", "username": "chain-user", "password": PASS_SECRET}
+    assert resolution.to_dict()["key"] == \
+        "credHelpers[registry.example.com:5443] -> docker-credential-pass"
+    pass_store.erase("registry.example.com:5443")
+    forget_rejected(resolution, plugins)
+    after = resolve_credentials(image, settings, plugins, environ=env)
+    assert after.source == "anonymous"
+    assert "empty Username and Secret" in after.steps[2].detail
