@@ -18,6 +18,7 @@ from composer_core import redact
 from composer_core.errors import CredentialsError
 from composer_core.images import ordered
 from composer_core.manager import Plugins
+from composer_core.registries import canonical_host
 from composer_core.settings import Settings
 from composer_core.types import (
     AnyCredentials,
@@ -89,7 +90,7 @@ def _ask(provider_name: str, lookup: Any, request: CredentialRequest) -> LookupR
 def resolve_credentials(image: ResolvedImage, settings: Settings, plugins: Plugins,
                         environ: Mapping[str, str] | None = None) -> Resolution:
     providers = plugins.credential_providers()
-    registry = image.ref.registry
+    registry = canonical_host(image.ref.registry)  # LOCALHOST:5000 -> localhost:5000
     request = CredentialRequest(image=image.ref, registry=registry, settings=settings,
                                 environ=os.environ if environ is None else environ)
     steps: list[Step] = []

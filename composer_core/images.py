@@ -25,15 +25,11 @@ def parse_image(text: str) -> ImageRef:
                                 "registry.example.com:5000/org/name:tag") from None
 
 
-def inactive_plugins(plugins: Plugins) -> set[str]:
-    return {r.name for r in plugins.records() if r.status != "active"}
-
-
 def ordered(settings: Settings, key: str, available: Mapping[str, object], plugins: Plugins,
             label: str) -> list[str]:
     """The names listed under ``key``, checked: unknown names fail loudly, disabled ones drop out."""
     names = name_list(settings, key)
-    inactive = inactive_plugins(plugins)
+    inactive = plugins.inactive_names()
     unknown = [n for n in names if n not in available and n not in inactive]
     if unknown:
         raise SettingsError(

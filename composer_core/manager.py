@@ -67,6 +67,7 @@ class Plugins:
         self._loaded = False
         self._records: dict[str, PluginRecord] = {}
         self._cache: dict[str, dict[str, Any]] = {}
+        self._inactive: frozenset[str] | None = None
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -123,11 +124,13 @@ class Plugins:
         record.hooks = self._hooks_of(name)
         self._check_pending()
         self._cache.clear()
+        self._inactive = None
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
         self._records.pop(name, None)
         self._cache.clear()
+        self._inactive = None
 
     def _hooks_of(self, name: str) -> list[str]:
         plugin = self.pm.get_plugin(name)
@@ -149,6 +152,7 @@ class Plugins:
                 self._fail(record, str(exc))
 
     def _fail(self, record: PluginRecord, reason: str) -> None:
+        self._inactive = None
         record.status = "failed"
         record.reason = reason
         record.hooks = []
@@ -167,6 +171,14 @@ class Plugins:
     def records(self) -> list[PluginRecord]:
         self.load()
         return sorted(self._records.values(), key=lambda r: r.name)
+
+    def inactive_names(self) -> frozenset[str]:
+        """Plugins that are installed but disabled or failed (the chain skips them by name)."""
+        self.load()
+        if self._inactive is None:
+            self._inactive = frozenset(r.name for r in self._records.values()
+                                       if r.status != "active")
+        return self._inactive
 
     def image_resolvers(self) -> dict[str, ImageResolver]:
         return self._named("composer_image_resolvers", ImageResolver, "image resolver")
