@@ -1,0 +1,158 @@
+"""Fixtures and helpers shared by the engine, deploy and CLI tests (real engines of the bench).
+
+Import the fixtures into a test module (``from tests.engine_helpers import engine, manager, ...``).
+
+* ``engine`` is parametrised over ``docker`` and ``podman`` and points ``DOCKER_HOST`` *and*
+  ``CONTAINER_HOST`` at the bench (never at the machine's own sockets).
+* ``manager`` is a manager.id unique to the test; every container carrying it is removed at
+  teardown (on both engines), and only those.
+* ``raw`` gives the engine's SDK client, for checks made behind the composer's back.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from composer_core.runtime import LABEL_MANAGER
+from composer_core.settings import Settings
+from composer_core.types import Runtime
+
+ENGINES = ("docker", "podman")
+#: A command that exits at once on SIGTERM (the image's `sleep` as PID 1 ignores it): fast stops.
+QUICK_STOP = ("sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait")
+
+
+def unique(prefix: str = "xtm-test") -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def docker_auth(username: str, password: str) -> str:
+    return base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def write_docker_config(home: Path, data: dict[str, Any]) -> Path:
+    path = home / ".docker" / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def raw_client(engine: str, bench: Any) -> Any:
+    if engine == "docker":
+        import docker
+
+        return docker.APIClient(base_url=bench.docker_host, version="auto", timeout=60)
+    from podman import PodmanClient
+
+    return PodmanClient(base_url=bench.podman_host, timeout=60)
+
+
+def _podman_kill_remove(client: Any, name: str) -> None:
+    # timeout=0: kill at once, as Docker's force does (Podman would wait the stop timeout first)
+    client.api.delete(f"/containers/{name}", params={"force": True, "timeout": 0})
+
+
+def remove_labelled(engine: str, bench: Any, label: str, value: str) -> list[str]:
+    """Force-remove every container with ``label=value`` on ``engine``; return their names."""
+    client = raw_client(engine, bench)
+    removed: list[str] = []
+    try:
+        if engine == "docker":
+            for c in client.containers(all=True, filters={"label": f"{label}={value}"}):
+                client.remove_container(c["Id"], force=True)
+                removed.append(c["Names"][0].lstrip("/"))
+        else:
+            for c in client.containers.list(all=True, filters={"label": f"{label}={value}"}):
+                removed.append(c.name)
+                _podman_kill_remove(client, c.id)
+    finally:
+        client.close()
+    return removed
+
+
+def remove_by_name(engine: str, bench: Any, name: str) -> None:
+    client = raw_client(engine, bench)
+    try:
+        if engine == "docker":
+            try:
+                client.remove_container(name, force=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        else:
+            _podman_kill_remove(client, name)
+    finally:
+        client.close()
+
+
+def create_unmanaged(engine: str, bench: Any, name: str, image: str) -> None:
+    """A container xtm-composer did not create (no manager label), made with the raw SDK."""
+    client = raw_client(engine, bench)
+    try:
+        if engine == "docker":
+            client.create_container(image, name=name, labels={"xtm-test": "unmanaged"})
+        else:
+            client.containers.create(image, name=name, labels={"xtm-test": "unmanaged"})
+    finally:
+        client.close()
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest, bench: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("DOCKER_HOST", bench.docker_host)
+    monkeypatch.setenv("CONTAINER_HOST", bench.podman_host)
+    return str(request.param)
+
+
+@pytest.fixture
+def manager(engine: str, bench: Any) -> Iterator[str]:
+    manager_id = unique("xtm-test-manager")
+    yield manager_id
+    remove_labelled(engine, bench, LABEL_MANAGER, manager_id)
+
+
+@pytest.fixture
+def engine_settings(make_settings: Callable[..., Settings], engine: str,
+                    manager: str) -> Callable[..., Settings]:
+    """Settings for this engine and manager, plus dotted overrides."""
+
+    def make(overrides: dict[str, Any] | None = None) -> Settings:
+        base: dict[str, Any] = {"manager.id": manager, "opencti.daemon.selector": engine}
+        base.update(overrides or {})
+        return make_settings(base)
+
+    return make
+
+
+@pytest.fixture
+def connect(plugins: Any) -> Iterator[Callable[[Settings], Runtime]]:
+    """Connect the runtime the settings select; every runtime is closed at teardown."""
+    from composer_core.runtime import connect_runtime
+
+    opened: list[Runtime] = []
+
+    def open_runtime(settings: Settings) -> Runtime:
+        runtime = connect_runtime(settings, plugins)
+        opened.append(runtime)
+        return runtime
+
+    yield open_runtime
+    for runtime in opened:
+        runtime.close()
