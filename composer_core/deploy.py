@@ -51,7 +51,6 @@ from composer_core.runtime import (
     LABEL_CONNECTOR,
     LABEL_HASH,
     LABEL_MANAGER,
-    RenamingRuntime,
     insecure_key,
     is_managed,
     manager_id,
@@ -342,9 +341,6 @@ class Deployer:
 
     def _replace(self, old: ContainerInfo, spec: ContainerSpec) -> None:
         runtime = self.runtime
-        if not isinstance(runtime, RenamingRuntime):
-            self._replace_without_rename(old, spec)
-            return
         token = secrets.token_hex(4)
         staged = replace(spec, name=f"{spec.name}-xtm-new-{token}")
         backup = f"{spec.name}-xtm-old-{token}"
@@ -384,17 +380,6 @@ class Deployer:
         except ComposerError:
             self._discard_half_made(staged)
             raise
-
-    def _replace_without_rename(self, old: ContainerInfo, spec: ContainerSpec) -> None:
-        # A runtime without rename: the old container must go before the new one takes its name,
-        # so a failure after that point cannot bring it back (the error says so).
-        try:
-            self.runtime.remove(old.id, force=True)
-            self._create_and_start(spec)
-        except ComposerError as exc:
-            raise ContainerError(f"{exc.message} (runtime {self.runtime.name} cannot rename "
-                                 f"containers: the old {spec.name!r} was already removed)",
-                                 hint=exc.hint) from None
 
 
 def deploy(runtime: Runtime, settings: Settings, plugins: Plugins, image: str, name: str,

@@ -107,7 +107,8 @@ def composer_runtime_backends() -> RuntimeBackend | list[RuntimeBackend]:
 
     Called once per process. Return one :class:`~composer_core.types.RuntimeBackend` or a list.
     ``connect(settings)`` returns a connected :class:`~composer_core.types.Runtime` (pull with
-    exactly one credential, create, start, stop, remove, inspect, list by label, logs) or raises a
+    exactly one credential, create, start, stop, remove, rename, inspect, list by label, logs,
+    close) or raises a
     :class:`~composer_core.errors.ComposerError` saying why the engine cannot be reached.
 
     The backend used is the one named by ``--runtime`` or the setting ``opencti.daemon.selector``;

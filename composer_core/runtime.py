@@ -14,7 +14,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
 
 from composer_core import redact
 from composer_core.errors import (
@@ -46,13 +45,6 @@ SELECTOR = "opencti.daemon.selector"
 LABEL_MANAGER = "opencti-manager"
 LABEL_CONNECTOR = "opencti-connector-id"
 LABEL_HASH = "opencti-config-hash"
-
-
-@runtime_checkable
-class RenamingRuntime(Runtime, Protocol):
-    """A runtime that can rename a container: lets a redeploy roll back to the old container."""
-
-    def rename(self, name: str, new_name: str) -> None: ...
 
 
 # --- selection ---------------------------------------------------------------------------------

@@ -313,8 +313,10 @@ def validate_settings(settings: Settings, *, providers: Iterable[str] | None = N
         expect(key, (bool,), "true or false")
 
     selector = expect("opencti.daemon.selector", (str,), "auto, docker or podman")
-    if selector is not None:
-        known = ["auto", *(sorted(runtimes) if runtimes is not None else ["docker", "podman"])]
+    # Without the installed runtimes (at load time, before plugins are loaded) any name may be a
+    # third-party backend: connecting to it then fails with the available names.
+    if selector is not None and runtimes is not None:
+        known = ["auto", *sorted(runtimes)]
         if selector not in known:
             p.add("opencti.daemon.selector",
                   f"unknown selector {selector!r}; use one of {', '.join(known)}")

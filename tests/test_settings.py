@@ -97,7 +97,6 @@ def test_environment_values_are_typed(isolated_env: Path) -> None:
      "opencti.daemon.docker.registry.username", "no registry to belong to"),
     ({"MANAGER__EXECUTE_SCHEDULE": "soon"}, "manager.execute_schedule", "must be a positive number"),
     ({"MANAGER__EXECUTE_SCHEDULE": "0"}, "manager.execute_schedule", "greater than 0"),
-    ({"OPENCTI__DAEMON__SELECTOR": "kubernetes"}, "opencti.daemon.selector", "unknown selector 'kubernetes'"),
     ({"MANAGER__LOGGER__LEVEL": "loud"}, "manager.logger.level", "unknown level"),
     ({"MANAGER__LOGGER__FORMAT": "xml"}, "manager.logger.format", "unknown format"),
     ({"AUTH__STRICT_HELPERS": "maybe"}, "auth.strict_helpers", "true or false"),
@@ -113,6 +112,23 @@ def test_each_validation_error_names_key_and_origin(isolated_env: Path, environ,
     assert "environment variable" in message
     assert SECRET not in str(err.value)
     assert err.value.exit_code == 2
+
+
+def test_unknown_selector_against_installed_runtimes(isolated_env: Path) -> None:
+    settings = load_settings(environ={"OPENCTI__DAEMON__SELECTOR": "kubernetes"}, cwd=isolated_env)
+    with pytest.raises(SettingsError) as err:
+        validate_settings(settings, runtimes=["docker", "podman"])
+    assert ("opencti.daemon.selector (from environment variable OPENCTI__DAEMON__SELECTOR): unknown "
+            "selector 'kubernetes'; use one of auto, docker, podman") in err.value.message
+
+
+def test_unknown_selector_fails_at_connect_and_config_check(run_cli, monkeypatch) -> None:
+    monkeypatch.setenv("OPENCTI__DAEMON__SELECTOR", "kubernetes")
+    for args in (["config", "check"], ["ps"]):
+        code, _, err = run_cli(args)
+        assert code == 2, err
+        assert "kubernetes" in err and "docker" in err and "podman" in err
+        assert "Traceback" not in err
 
 
 def test_list_form_registries_are_validated(isolated_env: Path, tmp_path: Path) -> None:
