@@ -274,8 +274,10 @@ class Deployer:
     # --- deploy -----------------------------------------------------------------------------
 
     def deploy(self, image: str, name: str, env: Mapping[str, str] | None = None, *,
-               connector_id: str | None = None,
-               command: Sequence[str] | None = None) -> DeployResult:
+               connector_id: str | None = None, command: Sequence[str] | None = None,
+               start: bool = True) -> DeployResult:
+        """Deploy ``image`` as container ``name``; ``start=False`` leaves a new or replacing
+        container created but stopped (a connector whose requested status is stopped)."""
         name = validate_name(name)
         env = validate_env(env or {})
         resolved = resolve_image(image, self.settings, self.plugins)
@@ -290,27 +292,27 @@ class Deployer:
                 f"this manager ({LABEL_MANAGER}={self.manager}): it is left alone",
                 hint="choose another --name, or remove that container yourself")
         if existing is not None and all(existing.labels.get(k) == v for k, v in labels.items()):
-            return self._unchanged(existing, resolved, digest)
+            return self._unchanged(existing, resolved, digest, start)
         pulled = self._pull(resolved, "Deploying container")
         log.debug("Container %s - env keys: %s", name, ", ".join(sorted(env)) or "(none)")
         spec = ContainerSpec(name=name, image=reference, env=env, labels=labels,
                              command=tuple(command) if command else None)
         if existing is None:
-            self._create_and_start(spec)
+            self._create_and_start(spec, start)
             action: Action = "created"
         else:
-            self._replace(existing, spec)
+            self._replace(existing, spec, start)
             action = "replaced"
         info = self.runtime.inspect(name)
         if info is None:
             raise ContainerError(f"container {name!r} vanished right after it was started")
-        log.info("Container %s %s and started (image %s, config hash %s)", name, action,
-                 reference, digest[:12])
+        log.info("Container %s %s%s (image %s, config hash %s)", name, action,
+                 " and started" if start else ", left stopped", reference, digest[:12])
         return DeployResult(action, info, resolved, self.runtime.name, digest, pulled)
 
     def _unchanged(self, existing: ContainerInfo, resolved: ResolvedImage,
-                   digest: str) -> DeployResult:
-        if existing.status == "running":
+                   digest: str, start: bool = True) -> DeployResult:
+        if existing.status == "running" or not start:
             log.info("Container %s is up to date (config hash %s): nothing to do", existing.name,
                      digest[:12])
             return DeployResult("unchanged", existing, resolved, self.runtime.name, digest)
@@ -319,12 +321,14 @@ class Deployer:
         info = self.runtime.inspect(existing.name) or existing
         return DeployResult("started", info, resolved, self.runtime.name, digest)
 
-    def _create_and_start(self, spec: ContainerSpec) -> None:
+    def _create_and_start(self, spec: ContainerSpec, start: bool = True) -> None:
         try:
             created = self.runtime.create(spec)
         except ComposerError:
             self._discard_half_made(spec)
             raise
+        if not start:
+            return
         try:
             self.runtime.start(spec.name)
         except ComposerError:
@@ -339,7 +343,7 @@ class Deployer:
             _quietly(f"removing half-made container {spec.name!r}",
                      lambda: self.runtime.remove(found.id, force=True))
 
-    def _replace(self, old: ContainerInfo, spec: ContainerSpec) -> None:
+    def _replace(self, old: ContainerInfo, spec: ContainerSpec, start: bool = True) -> None:
         runtime = self.runtime
         token = secrets.token_hex(4)
         staged = replace(spec, name=f"{spec.name}-xtm-new-{token}")
@@ -358,8 +362,9 @@ class Deployer:
             renamed_old = True
             step = "renaming the new container"
             runtime.rename(staged.name, spec.name)
-            step = "starting the new container"
-            runtime.start(spec.name)
+            if start:
+                step = "starting the new container"
+                runtime.start(spec.name)
         except ComposerError:
             log.warning("Replacing %s failed while %s: rolling back to the old container",
                         spec.name, step)

@@ -128,3 +128,10 @@ class ContainerNotFound(ContainerError):
 
     exit_code = 13
     kind = "container-not-found"
+
+
+class ApplyFailed(ComposerError):
+    """A reconciliation pass finished, but at least one of its actions failed."""
+
+    exit_code = 14
+    kind = "apply-failed"

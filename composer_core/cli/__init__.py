@@ -19,7 +19,7 @@ from composer_core import __version__, redact
 from composer_core.cli.context import build_plugins_for_help, get_app
 from composer_core.errors import ComposerError
 
-BUILTIN_MODULES = ("plugins_cmd", "config_cmd", "image_cmd", "auth_cmd", "runtime_cmd")
+BUILTIN_MODULES = ("plugins_cmd", "config_cmd", "image_cmd", "auth_cmd", "runtime_cmd", "fleet_cmd")
 
 
 class ComposerGroup(click.Group):

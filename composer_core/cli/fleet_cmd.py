@@ -1,0 +1,156 @@
+"""``xtm-composer apply`` and ``run``: keep a fleet of connectors aligned with a connectors file."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from composer_core import redact
+from composer_core.cli.context import get_app
+from composer_core.cli.output import emit_json, emit_table, json_option
+
+log = logging.getLogger("xtm_composer.run")
+
+file_option = click.option("-f", "--file", "path", required=True, metavar="FILE",
+                           type=click.Path(dir_okay=False),
+                           help="Connectors file (YAML): connectors: [{id, name, image, env, status}].")
+
+
+def _print_pass(result: Any, dry_run: bool) -> None:
+    rows = [(s.id, s.name, s.action, s.result if not dry_run else "planned",
+             s.reason if s.error is None else f"{s.reason}; {s.error.message.splitlines()[0]}")
+            for s in result.steps]
+    emit_table(("ID", "NAME", "ACTION", "RESULT", "REASON"), rows)
+    for step in result.failed:
+        assert step.error is not None
+        click.echo(redact.scrub(f"{step.id} ({step.action} {step.name}) failed: {step.error}"), err=True)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+@click.command(name="apply")
+@file_option
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@click.option("--stop-timeout", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Seconds a container may take to stop.")
+@json_option
+def apply_command(path: str, dry_run: bool, stop_timeout: int, as_json: bool) -> None:
+    """One reconciliation pass: deploy the missing, replace the changed, start or stop per
+    status, remove the managed containers whose connector left the file. Containers without this
+    manager's label are never touched. Exits 14 when an action failed, after doing all others."""
+    from composer_core.connectors import load_connectors
+    from composer_core.errors import ApplyFailed
+    from composer_core.fleet import Reconciler
+    from composer_core.runtime import connect_runtime
+
+    app = get_app()
+    connectors = load_connectors(path)  # the whole file is valid before any engine call
+    runtime = connect_runtime(app.settings, app.plugins, app.runtime_override)
+    try:
+        result = Reconciler(runtime, app.settings, app.plugins,
+                            stop_timeout=stop_timeout).run_pass(connectors, dry_run=dry_run)
+    finally:
+        runtime.close()
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        _print_pass(result, dry_run)
+    if result.failed:
+        names = ", ".join(f"{s.id} ({s.action})" for s in result.failed)
+        error = ApplyFailed(f"{len(result.failed)} of {len(result.steps)} actions failed: {names}",
+                            hint="the other actions were done; see the errors above and rerun")
+        if as_json:
+            click.echo(redact.scrub(f"error: {error}"), err=True)
+            raise click.exceptions.Exit(error.exit_code)
+        raise error
+
+
+class _FileWatch:
+    """Re-reads the connectors file when it changes; an invalid new version keeps the last good one."""
+
+    def __init__(self, path: str) -> None:
+        from composer_core.connectors import load_connectors
+
+        self.path = Path(path)
+        self._load = load_connectors
+        self.connectors = load_connectors(path)  # invalid at start: exit 2
+        self._stamp = self._current_stamp()
+
+    def _current_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def refresh(self) -> None:
+        from composer_core.errors import ComposerError
+
+        stamp = self._current_stamp()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            self.connectors = self._load(self.path)
+            log.info("connectors file %s changed: %d connectors", self.path, len(self.connectors))
+        except ComposerError as exc:
+            log.error("connectors file %s changed but is invalid, keeping the previous version: %s",
+                      self.path, redact.scrub(exc.message))
+
+
+@click.command(name="run")
+@file_option
+@click.option("--stop-timeout", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Seconds a container may take to stop.")
+def run_command(path: str, stop_timeout: int) -> None:
+    """Repeat `apply` every manager.execute_schedule seconds, re-reading FILE when it changes.
+    SIGTERM or SIGINT: the current actions finish, then it exits cleanly. Engine or registry
+    outages are logged and retried at the next cycle."""
+    from composer_core.errors import ComposerError
+    from composer_core.fleet import Reconciler
+    from composer_core.runtime import connect_runtime
+
+    app = get_app()
+    watch = _FileWatch(path)
+    schedule = float(app.settings.get("manager.execute_schedule", 10))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: finishing the current actions, then stopping",
+                 signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    runtime = None
+    log.info("run: %d connectors from %s, a pass every %gs", len(watch.connectors), path, schedule)
+    try:
+        while not stop.is_set():
+            watch.refresh()
+            try:
+                if runtime is None:
+                    runtime = connect_runtime(app.settings, app.plugins, app.runtime_override)
+                reconciler = Reconciler(runtime, app.settings, app.plugins, stop_event=stop,
+                                        stop_timeout=stop_timeout)
+                result = reconciler.run_pass(watch.connectors)
+                changed = [s for s in result.steps if s.action != "nothing"]
+                log.info("pass done: %d actions, %d failed", len(changed), len(result.failed))
+            except ComposerError as exc:
+                log.error("pass failed, retrying in %gs: %s", schedule, redact.scrub(exc.message))
+                if runtime is not None:
+                    runtime.close()
+                    runtime = None
+            stop.wait(schedule)
+    finally:
+        if runtime is not None:
+            runtime.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("run: stopped")
+
+
+COMMANDS = [apply_command, run_command]

@@ -1,0 +1,353 @@
+"""Connector fleets: the connectors file, the plan, `apply` and the `run` loop, on both engines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from composer_core.connectors import InvalidConnectorsFile, load_connectors, parse_connectors
+from composer_core.fleet import Reconciler, plan, seconds_since
+from composer_core.runtime import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER
+from composer_core.types import ContainerInfo
+from tests.conftest import assert_no_secrets
+from tests.engine_helpers import (  # noqa: F401 - fixtures
+    connect,
+    create_unmanaged,
+    engine,
+    engine_settings,
+    free_port,
+    manager,
+    remove_by_name,
+    unique,
+)
+
+WRITES = {"create", "start", "stop", "remove", "rename", "pull"}
+
+
+class CountingRuntime:
+    """Counts the runtime calls (each is one engine API request) made through it."""
+
+    def __init__(self, runtime: Any) -> None:
+        self._runtime = runtime
+        self.calls: Counter[str] = Counter()
+        self.name = runtime.name
+        self.endpoint = runtime.endpoint
+
+    def __getattr__(self, attr: str) -> Any:
+        target = getattr(self._runtime, attr)
+        if not callable(target):
+            return target
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[attr] += 1
+            return target(*args, **kwargs)
+
+        return counted
+
+
+# --- the file (no engine) --------------------------------------------------------------------
+
+
+def test_file_problems_are_all_listed(tmp_path: Path) -> None:
+    data = {"connectors": [
+        {"id": "a1", "image": "x:1"},
+        {"id": "a1", "image": "Bad//ref"},
+        {"id": "b1", "name": "a1", "image": "y", "env": {"K": [1], "TOKEN": None}, "status": "on",
+         "extra": 1},
+        {"image": "z"},
+        "not a mapping",
+    ]}
+    with pytest.raises(InvalidConnectorsFile) as err:
+        parse_connectors(data, "f.yaml")
+    text = err.value.message
+    for expected in ("connectors[1] (id a1).id: duplicate of connectors[0] (id a1)",
+                     "connectors[1] (id a1).image: invalid reference format",
+                     "connectors[2] (id b1): unknown keys extra",
+                     "connectors[2] (id b1).name: 'a1' is also the name of connectors[0]",
+                     "connectors[2] (id b1).env.K: must be a string",
+                     "connectors[2] (id b1).env.TOKEN: must be a string",
+                     "connectors[2] (id b1).status: must be started or stopped, not 'on'",
+                     "connectors[3].id: required",
+                     "connectors[4]: must be a mapping"):
+        assert expected in text
+    assert err.value.exit_code == 2
+
+
+def test_defaults_and_typed_env(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("connectors:\n  - {id: misp-1, image: 'connector-misp:5.0.0', env: {N: 1, B: true}}\n"
+                    "  - {id: x, image: alpine}\n")
+    first, second = load_connectors(path)
+    assert (first.name, first.status, dict(first.env)) == ("misp-1", "started", {"N": "1", "B": "true"})
+    assert second.name == "connector-x"  # a one-letter id is no valid container name
+
+
+@pytest.mark.parametrize("content, words", [
+    ("connectors: [unclosed\n", "not valid YAML at line"),
+    ("- a\n", "a mapping with a list `connectors:`"),
+])
+def test_broken_files(tmp_path: Path, content: str, words: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(InvalidConnectorsFile, match=words):
+        load_connectors(path)
+
+
+def _info(name: str, cid: str | None, status: str, digest: str = "old", manager_id: str = "m") -> ContainerInfo:
+    labels = {LABEL_MANAGER: manager_id, LABEL_HASH: digest}
+    if cid:
+        labels[LABEL_CONNECTOR] = cid
+    return ContainerInfo(id=f"id-{name}", name=name, image="x", status=status, labels=labels)
+
+
+def test_plan_covers_every_action(make_settings, plugins) -> None:
+    from composer_core.deploy import config_hash
+
+    settings = make_settings({"manager.id": "m"})
+    connectors = parse_connectors({"connectors": [
+        {"id": "new", "image": "alpine:3"},
+        {"id": "same", "image": "alpine:3", "env": {"A": "1"}},
+        {"id": "changed", "image": "alpine:3"},
+        {"id": "to-start", "image": "alpine:3"},
+        {"id": "to-stop", "image": "alpine:3", "status": "stopped"},
+        {"id": "renamed", "name": "renamed-now", "image": "alpine:3"},
+    ]}, "f")
+    h = config_hash("docker.io/library/alpine:3", {})
+    containers = [
+        _info("same", "same", "running", config_hash("docker.io/library/alpine:3", {"A": "1"})),
+        _info("changed", "changed", "running", "stale-hash"),
+        _info("to-start", "to-start", "exited", h),
+        _info("to-stop", "to-stop", "running", h),
+        _info("renamed", "renamed", "running", h),
+        _info("gone", "gone", "running", h),
+        _info("changed-xtm-old-1234", "changed", "exited", h),
+    ]
+    steps = {(s.id, s.name): (s.action, s.reason) for s in plan(connectors, containers, settings, plugins)}
+    assert steps[("new", "new")][0] == "deploy"
+    assert steps[("same", "same")] == ("nothing", "up to date")
+    assert steps[("changed", "changed")][0] == "replace"
+    assert steps[("changed", "changed-xtm-old-1234")][0] == "remove"
+    assert steps[("to-start", "to-start")][0] == "start"
+    assert steps[("to-stop", "to-stop")][0] == "stop"
+    assert steps[("renamed", "renamed-now")][0] == "deploy"
+    assert steps[("renamed", "renamed")][0] == "remove"
+    assert steps[("gone", "gone")] == ("remove", "its connector is not in the file")
+    assert len(steps) == 9
+
+
+def test_seconds_since_engine_timestamps() -> None:
+    assert seconds_since(None) is None and seconds_since("nonsense") is None
+    assert -1 < seconds_since(time.strftime("%Y-%m-%dT%H:%M:%S.123456789Z", time.gmtime())) < 5
+    assert 3500 < seconds_since(time.strftime("%Y-%m-%dT%H:%M:%S.5+00:00", time.gmtime(time.time() - 3600))) < 3700
+
+
+# --- on the engines ----------------------------------------------------------------------------
+
+pytest_integration = pytest.mark.integration
+
+
+def _fleet(bench: Any, ids: list[str], **overrides: dict[str, Any]) -> dict[str, Any]:
+    images = [bench.image, bench.image, bench.image2]
+    return {"connectors": [dict({"id": cid, "name": cid, "image": images[i % 3],
+                                 "env": {"CONNECTOR_ID": cid, "OPENCTI_TOKEN": "tok-" + bench.password[:8]}},
+                                **overrides.get(cid, {}))
+                           for i, cid in enumerate(ids)]}
+
+
+@pytest.fixture
+def fleet_settings(engine_settings, bench):
+    return engine_settings({"opencti.daemon.docker.registry": {
+        "url": bench.registry_private, "username": bench.username, "password": bench.password}})
+
+
+@pytest.fixture
+def ids(engine: str, bench: Any) -> list[str]:
+    names = [unique("xtm-fleet") for _ in range(3)]
+    yield names
+    for name in names:
+        remove_by_name(engine, bench, name)
+
+
+def _pass(runtime: Any, settings: Any, plugins: Any, data: dict[str, Any]) -> tuple[Any, CountingRuntime]:
+    counting = CountingRuntime(runtime)
+    connectors = parse_connectors(data, "test")
+    result = Reconciler(counting, settings, plugins, stop_timeout=1).run_pass(connectors)
+    return result, counting
+
+
+def _states(runtime: Any, manager_id: str) -> dict[str, tuple[str, str]]:
+    return {c.name: (c.status, c.id) for c in runtime.list({LABEL_MANAGER: manager_id})}
+
+
+@pytest_integration
+def test_first_apply_then_idempotent_then_targeted_changes(engine, bench, manager, fleet_settings, plugins,
+                                                           connect, ids) -> None:
+    settings = fleet_settings
+    runtime = connect(settings)
+    a, b, c = ids
+    data = _fleet(bench, ids, **{c: {"status": "stopped"}})
+    first, counted = _pass(runtime, settings, plugins, data)
+    assert [(s.id, s.action, s.result) for s in first.steps] == [(a, "deploy", "ok"), (b, "deploy", "ok"),
+                                                                 (c, "deploy", "ok")]
+    assert counted.calls["pull"] == 2  # two distinct images for three connectors: each pulled once
+    states = _states(runtime, manager)
+    assert states[a][0] == "running" and states[b][0] == "running"
+    assert states[c][0] == "created"  # status stopped: created, never started
+
+    second, counted = _pass(runtime, settings, plugins, data)
+    assert {s.action for s in second.steps} == {"nothing"}
+    assert dict(counted.calls) == {"list": 1}  # steady state: one list call, no write
+
+    data["connectors"][1]["env"]["NEW"] = "1"  # only b changes
+    third, counted = _pass(runtime, settings, plugins, data)
+    assert {s.id: s.action for s in third.steps} == {a: "nothing", b: "replace", c: "nothing"}
+    after = _states(runtime, manager)
+    assert after[a][1] == states[a][1] and after[c][1] == states[c][1]
+    assert after[b][1] != states[b][1] and after[b][0] == "running"
+    assert counted.calls["pull"] == 1
+
+    data["connectors"][0]["status"] = "stopped"
+    data["connectors"][2]["status"] = "started"
+    fourth, _ = _pass(runtime, settings, plugins, data)
+    assert {s.id: s.action for s in fourth.steps} == {a: "stop", b: "nothing", c: "start"}
+    flipped = _states(runtime, manager)
+    assert flipped[a][0] == "exited" and flipped[c][0] == "running"
+    assert flipped[a][1] == states[a][1]  # same containers, only their state changed
+
+
+@pytest_integration
+def test_orphans_removed_unmanaged_left_alone(engine, bench, manager, fleet_settings, plugins, connect,
+                                              ids) -> None:
+    settings = fleet_settings
+    runtime = connect(settings)
+    stranger = unique("xtm-unmanaged")
+    create_unmanaged(engine, bench, stranger, f"{bench.registry_open}/{bench.image}")
+    try:
+        _pass(runtime, settings, plugins, _fleet(bench, ids))
+        result, _ = _pass(runtime, settings, plugins, _fleet(bench, ids[:1]))
+        removed = sorted(s.name for s in result.steps if s.action == "remove")
+        assert removed == sorted(ids[1:]) and all(s.result == "ok" for s in result.steps)
+        assert set(_states(runtime, manager)) == {ids[0]}
+        assert runtime.inspect(stranger) is not None  # not ours: never touched
+    finally:
+        remove_by_name(engine, bench, stranger)
+
+
+@pytest_integration
+def test_registry_outage_fails_one_connector_the_others_converge(engine, bench, manager, fleet_settings,
+                                                                 plugins, connect, ids) -> None:
+    settings = fleet_settings
+    runtime = connect(settings)
+    down = f"127.0.0.1:{free_port()}/xtm-test/busybox:1.0"
+    data = _fleet(bench, ids, **{ids[1]: {"image": down}})
+    result, _ = _pass(runtime, settings, plugins, data)
+    by_id = {s.id: s for s in result.steps}
+    assert by_id[ids[0]].result == "ok" and by_id[ids[2]].result == "ok"
+    assert by_id[ids[1]].result == "failed"
+    assert by_id[ids[1]].error is not None and by_id[ids[1]].error.exit_code == 8  # unreachable
+    assert set(_states(runtime, manager)) == {ids[0], ids[2]}
+
+
+@pytest_integration
+def test_apply_command(engine, bench, manager, ids, run_cli, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MANAGER__ID", manager)
+    monkeypatch.setenv("OPENCTI__DAEMON__DOCKER__REGISTRY__URL", bench.registry_private)
+    monkeypatch.setenv("OPENCTI__DAEMON__DOCKER__REGISTRY__USERNAME", bench.username)
+    monkeypatch.setenv("OPENCTI__DAEMON__DOCKER__REGISTRY__PASSWORD", bench.password)
+    path = tmp_path / "connectors.yaml"
+    path.write_text(yaml.safe_dump(_fleet(bench, ids)))
+    code, out, err = run_cli(["--runtime", engine, "apply", "-f", str(path), "--dry-run", "--json"])
+    assert code == 0, err
+    assert [a["result"] for a in json.loads(out)["actions"]] == ["planned"] * 3
+    assert _names(engine, bench, manager) == set()  # a dry run changes nothing
+
+    code, out, err = run_cli(["--runtime", engine, "apply", "-f", str(path), "--json"])
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["runtime"] == engine
+    assert [(a["id"], a["action"], a["result"]) for a in report["actions"]] == [(i, "deploy", "ok") for i in ids]
+
+    broken = _fleet(bench, ids, **{ids[2]: {"image": f"127.0.0.1:{free_port()}/x:1"}})
+    path.write_text(yaml.safe_dump(broken))
+    code, out, err = run_cli(["--runtime", engine, "apply", "-f", str(path)])
+    assert code == 14
+    assert "1 of 3 actions failed" in err and "connection refused" in err
+    assert "is unreachable" in out  # the table names the failure, stderr has its full text
+    assert_no_secrets(out + err, [bench.password, "tok-" + bench.password[:8]])
+
+
+def _names(engine: str, bench: Any, manager_id: str) -> set[str]:
+    from tests.engine_helpers import raw_client
+
+    client = raw_client(engine, bench)
+    try:
+        if engine == "docker":
+            found = client.containers(all=True, filters={"label": f"{LABEL_MANAGER}={manager_id}"})
+            return {c["Names"][0].lstrip("/") for c in found}
+        return {c.name for c in client.containers.list(all=True, filters={"label": f"{LABEL_MANAGER}={manager_id}"})}
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("content", ["connectors: [{id: a1}]\n", "connectors:\n - {id: a1, image: 'UP//x'}\n"])
+def test_invalid_file_changes_nothing_and_calls_no_engine(run_cli, monkeypatch, tmp_path: Path,
+                                                          content: str) -> None:
+    # an endpoint where nothing listens: had the command contacted an engine, it would exit 5
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nothing.sock")
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    code, _, err = run_cli(["--runtime", "docker", "apply", "-f", str(path)])
+    assert code == 2
+    assert "invalid connectors file" in err and "nothing was changed" in err
+
+
+@pytest_integration
+def test_run_loop_follows_the_file_and_stops_cleanly_on_sigterm(engine, bench, manager, ids,
+                                                                tmp_path: Path) -> None:
+    path = tmp_path / "connectors.yaml"
+    path.write_text(yaml.safe_dump(_fleet(bench, ids[:1])))
+    env = {**os.environ, "MANAGER__ID": manager, "MANAGER__EXECUTE_SCHEDULE": "0.5",
+           "OPENCTI__DAEMON__DOCKER__REGISTRY__URL": bench.registry_private,
+           "OPENCTI__DAEMON__DOCKER__REGISTRY__USERNAME": bench.username,
+           "OPENCTI__DAEMON__DOCKER__REGISTRY__PASSWORD": bench.password}
+    proc = subprocess.Popen([sys.executable, "-m", "composer_core", "--runtime", engine, "run", "-f",
+                             str(path), "--stop-timeout", "1"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _names(engine, bench, manager) == {ids[0]})
+        path.write_text(yaml.safe_dump(_fleet(bench, ids[:2])))  # a connector is added
+        _wait_for(lambda: _names(engine, bench, manager) == set(ids[:2]))
+        path.write_text("connectors: [broken\n")  # an invalid edit keeps the last good version
+        time.sleep(1.5)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-2000:]
+    assert "received SIGTERM" in err and "run: stopped" in err
+    assert "is invalid, keeping the previous version" in err
+    assert "Traceback" not in err
+    assert _names(engine, bench, manager) == set(ids[:2])
+    assert_no_secrets(out + err, [bench.password, "tok-" + bench.password[:8]])
+
+
+def _wait_for(condition: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
