@@ -20,6 +20,11 @@ from composer_core import redact
 from composer_core.manager import Plugins
 from composer_core.settings import Settings, load_settings
 
+# Fixtures shared by several test modules live beside their helpers; importing them here makes
+# them visible to every test without each module re-importing them.
+from tests.engine_helpers import connect, engine, engine_settings, manager  # noqa: F401
+from tests.keychain_helpers import clean_helper_cache, pass_store  # noqa: F401
+
 OUR_DISTRIBUTION = "xtm-composer"
 
 _SCRUBBED_PREFIXES = ("XTM_COMPOSER_", "OPENCTI__", "MANAGER__", "AUTH__", "IMAGES__", "PLUGINS__")

@@ -158,7 +158,8 @@ def _require(tools: list[str]) -> None:
     pytest.skip(why)
 
 
-@pytest.fixture(scope="session")
+# one store per test module: modules store entries of their own under the same server URLs
+@pytest.fixture(scope="module")
 def pass_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PassStore]:
     _require(["docker-credential-pass", "pass", "gpg", "gpgconf"])
     base = tmp_path_factory.mktemp("pass")

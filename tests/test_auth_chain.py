@@ -20,7 +20,6 @@ from composer_core.auth import resolve_credentials
 from composer_core.cli import cli
 from composer_core.errors import CredentialsError, SettingsError
 from composer_core.images import resolve_image
-from tests import keychain_helpers
 from tests.conftest import assert_no_secrets
 from tests.keychain_helpers import (
     BAD_ENTRY_SECRET,
@@ -40,10 +39,6 @@ from tests.keychain_helpers import (
     write_helper,
     write_json,
 )
-
-# fixtures of tests/keychain_helpers.py, made visible to this module
-clean_helper_cache = keychain_helpers.clean_helper_cache
-pass_store = keychain_helpers.pass_store
 
 REG = "reg.example.com:5000"
 IMAGE = f"{REG}/team/app:1"

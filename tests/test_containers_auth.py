@@ -8,7 +8,6 @@ import pytest
 from composer_containers_auth import auth_files, lookup
 
 from composer_core.types import Failed, Found, NotFound
-from tests import keychain_helpers
 from tests.conftest import assert_no_secrets
 from tests.keychain_helpers import (
     PODMAN_PASSWORD,
@@ -17,9 +16,6 @@ from tests.keychain_helpers import (
     request,
     write_json,
 )
-
-# fixtures of tests/keychain_helpers.py, made visible to this module
-clean_helper_cache = keychain_helpers.clean_helper_cache
 
 AUTH = b64(f"podman-user:{PODMAN_PASSWORD}")
 

@@ -25,14 +25,10 @@ from composer_core.runtime import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER
 from composer_core.settings import Settings
 from composer_core.types import CredentialProvider, Credentials, Found
 from tests.conftest import assert_no_secrets
-from tests.engine_helpers import (  # noqa: F401 - fixtures
+from tests.engine_helpers import (
     QUICK_STOP,
-    connect,
     create_unmanaged,
-    engine,
-    engine_settings,
     free_port,
-    manager,
     raw_client,
     remove_by_name,
     unique,
@@ -124,7 +120,7 @@ integration = pytest.mark.integration
 
 
 @pytest.fixture
-def deployer(engine_settings: Callable[..., Settings], connect: Any, plugins: Any,  # noqa: F811
+def deployer(engine_settings: Callable[..., Settings], connect: Any, plugins: Any,
              bench: Any) -> Callable[..., Deployer]:
     """deployer(**settings overrides): a Deployer on the test's engine, fast stops."""
 
@@ -136,7 +132,7 @@ def deployer(engine_settings: Callable[..., Settings], connect: Any, plugins: An
     return make
 
 
-def container_env(engine: str, bench: Any, name: str) -> list[str]:  # noqa: F811
+def container_env(engine: str, bench: Any, name: str) -> list[str]:
     client = raw_client(engine, bench)
     try:
         if engine == "docker":
@@ -147,7 +143,7 @@ def container_env(engine: str, bench: Any, name: str) -> list[str]:  # noqa: F81
 
 
 @integration
-def test_deploy_creates_and_starts_with_labels(engine: str, bench: Any, manager: str,  # noqa: F811
+def test_deploy_creates_and_starts_with_labels(engine: str, bench: Any, manager: str,
                                                deployer: Callable[..., Deployer],
                                                caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="xtm_composer")
@@ -172,7 +168,7 @@ def test_deploy_creates_and_starts_with_labels(engine: str, bench: Any, manager:
 
 @integration
 def test_redeploy_is_idempotent_and_starts_a_stopped_container(
-        engine: str, bench: Any, manager: str, deployer: Callable[..., Deployer]) -> None:  # noqa: F811
+        engine: str, bench: Any, manager: str, deployer: Callable[..., Deployer]) -> None:
     name = unique()
     first = deployer().deploy(bench.image, name, {"A": "1"}, command=QUICK_STOP)
     again = deployer().deploy(bench.image, name, {"A": "1"}, command=QUICK_STOP)
@@ -186,7 +182,7 @@ def test_redeploy_is_idempotent_and_starts_a_stopped_container(
 
 
 @integration
-def test_changed_config_replaces_the_container(engine: str, bench: Any, manager: str,  # noqa: F811
+def test_changed_config_replaces_the_container(engine: str, bench: Any, manager: str,
                                                deployer: Callable[..., Deployer]) -> None:
     name = unique()
     d = deployer()
@@ -203,7 +199,7 @@ def test_changed_config_replaces_the_container(engine: str, bench: Any, manager:
 
 @integration
 def test_failed_start_of_a_fresh_container_leaves_nothing(
-        engine: str, bench: Any, manager: str, deployer: Callable[..., Deployer]) -> None:  # noqa: F811
+        engine: str, bench: Any, manager: str, deployer: Callable[..., Deployer]) -> None:
     d = deployer()
     name = unique()
     with pytest.raises(ContainerError) as caught:
@@ -231,7 +227,7 @@ class FailingCreate:
 
 @integration
 def test_failed_create_leaves_no_half_made_container(
-        engine: str, bench: Any, manager: str, deployer: Callable[..., Deployer]) -> None:  # noqa: F811
+        engine: str, bench: Any, manager: str, deployer: Callable[..., Deployer]) -> None:
     d = deployer()
     name = unique()
     d.runtime = FailingCreate(d.runtime)  # type: ignore[assignment]
@@ -242,7 +238,7 @@ def test_failed_create_leaves_no_half_made_container(
 
 @integration
 def test_failed_replacement_keeps_the_old_container_running(
-        engine: str, bench: Any, manager: str, deployer: Callable[..., Deployer]) -> None:  # noqa: F811
+        engine: str, bench: Any, manager: str, deployer: Callable[..., Deployer]) -> None:
     d = deployer()
     name = unique()
     old = d.deploy(bench.image, name, {"A": "1"}, command=QUICK_STOP).container
@@ -274,7 +270,7 @@ class FailingRename:
 
 
 @integration
-def test_rollback_after_a_failed_rename(engine: str, bench: Any, manager: str,  # noqa: F811
+def test_rollback_after_a_failed_rename(engine: str, bench: Any, manager: str,
                                         deployer: Callable[..., Deployer]) -> None:
     d = deployer()
     name = unique()
@@ -287,7 +283,7 @@ def test_rollback_after_a_failed_rename(engine: str, bench: Any, manager: str,  
 
 
 @integration
-def test_a_container_of_someone_else_is_left_alone(engine: str, bench: Any, manager: str,  # noqa: F811
+def test_a_container_of_someone_else_is_left_alone(engine: str, bench: Any, manager: str,
                                                    deployer: Callable[..., Deployer]) -> None:
     name = unique()
     create_unmanaged(engine, bench, name, bench.ref(bench.registry_open))
@@ -324,7 +320,7 @@ def forgetting_provider(plugins: Any, bench: Any) -> Iterator[list[Credentials]]
 
 @integration
 def test_rejected_credentials_are_forgotten_by_their_provider(
-        engine: str, bench: Any, manager: str, deployer: Callable[..., Deployer],  # noqa: F811
+        engine: str, bench: Any, manager: str, deployer: Callable[..., Deployer],
         forgetting_provider: list[Credentials]) -> None:
     d = deployer({"auth.chain": ["cached-test", "anonymous"]})
     with pytest.raises(CredentialsRejected) as caught:

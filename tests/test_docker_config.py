@@ -11,7 +11,6 @@ import pytest
 from composer_docker_config import lookup
 
 from composer_core.types import Failed, Found, NotFound
-from tests import keychain_helpers
 from tests.conftest import assert_no_secrets
 from tests.keychain_helpers import (
     BAD_ENTRY_SECRET,
@@ -22,9 +21,6 @@ from tests.keychain_helpers import (
     request,
     write_json,
 )
-
-# fixtures of tests/keychain_helpers.py, made visible to this module
-clean_helper_cache = keychain_helpers.clean_helper_cache
 
 AUTH = b64(f"docker-user:{DOCKER_PASSWORD}")
 

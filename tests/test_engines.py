@@ -34,16 +34,12 @@ from composer_core.errors import (
 )
 from composer_core.settings import Settings
 from tests.conftest import assert_no_secrets
-from tests.engine_helpers import (  # noqa: F401 - fixtures
-    connect,
+from tests.engine_helpers import (
     docker_auth,
-    engine,
-    engine_settings,
     free_port,
-    manager,
     write_docker_config,
 )
-from tests.keychain_helpers import PassStore, clean_helper_cache, pass_store  # noqa: F401 - fixtures
+from tests.keychain_helpers import PassStore
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +52,7 @@ def only(name: str) -> pytest.MarkDecorator:
 
 
 @pytest.fixture
-def pull(engine_settings: Callable[..., Settings], connect: Any, plugins: Any) -> Pull:  # noqa: F811
+def pull(engine_settings: Callable[..., Settings], connect: Any, plugins: Any) -> Pull:
     """pull(image, **settings overrides) -> PullResult, through the whole flow."""
 
     def run(image: str, overrides: dict[str, Any] | None = None) -> Any:
@@ -105,7 +101,7 @@ def test_private_registry_with_config_json_auths(bench: Any, pull: Pull, isolate
     assert result.resolution.source == "docker-config"
 
 
-def test_private_registry_with_os_keychain(bench: Any, pull: Pull, pass_store: PassStore,  # noqa: F811
+def test_private_registry_with_os_keychain(bench: Any, pull: Pull, pass_store: PassStore,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("GNUPGHOME", "PASSWORD_STORE_DIR"):
         monkeypatch.setenv(name, pass_store.environ[name])
@@ -166,7 +162,7 @@ def test_self_signed_tls_fails_with_the_engines_x509_text(bench: Any, pull: Pull
     assert caught.value.exit_code == 9
 
 
-def test_self_signed_tls_with_insecure_true(engine: str, bench: Any, pull: Pull) -> None:  # noqa: F811
+def test_self_signed_tls_with_insecure_true(engine: str, bench: Any, pull: Pull) -> None:
     registry = bench.registry_ns_tls
     overrides = {"opencti.daemon.docker.registries": [{"url": registry, "insecure": True}]}
     if engine == "podman":
@@ -263,7 +259,7 @@ def own_podman_service(bench: Any, tmp_path: Path) -> Iterator[tuple[str, Path]]
 @only("podman")
 def test_podman_anonymous_pull_ignores_the_services_files(bench: Any, plugins: Any,
                                                           own_podman_service: tuple[str, Path],
-                                                          engine_settings: Any) -> None:  # noqa: F811
+                                                          engine_settings: Any) -> None:
     """Without an X-Registry-Auth header the Podman service uses its own user's auth files
     (podman-py#553); an anonymous pull sends an explicit empty one."""
     from podman import PodmanClient

@@ -20,13 +20,9 @@ from composer_core.fleet import Reconciler, plan, seconds_since
 from composer_core.runtime import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER
 from composer_core.types import ContainerInfo
 from tests.conftest import assert_no_secrets
-from tests.engine_helpers import (  # noqa: F401 - fixtures
-    connect,
+from tests.engine_helpers import (
     create_unmanaged,
-    engine,
-    engine_settings,
     free_port,
-    manager,
     remove_by_name,
     unique,
 )

@@ -19,7 +19,6 @@ from composer_core.auth import forget_rejected, resolve_credentials
 from composer_core.errors import CredentialsError
 from composer_core.images import resolve_image
 from composer_core.types import Failed, Found, NotFound
-from tests import keychain_helpers
 from tests.conftest import assert_no_secrets
 from tests.keychain_helpers import (
     GARBAGE_SECRET,
@@ -38,10 +37,6 @@ from tests.keychain_helpers import (
     write_helper,
     write_json,
 )
-
-# fixtures of tests/keychain_helpers.py, made visible to this module
-clean_helper_cache = keychain_helpers.clean_helper_cache
-pass_store = keychain_helpers.pass_store
 
 
 class Clock:

@@ -15,12 +15,8 @@ import pytest
 
 from composer_core.deploy import Deployer
 from tests.conftest import assert_no_secrets
-from tests.engine_helpers import (  # noqa: F401 - fixtures
-    connect,
+from tests.engine_helpers import (
     create_unmanaged,
-    engine,
-    engine_settings,
-    manager,
     remove_by_name,
     unique,
 )
@@ -30,7 +26,7 @@ CHATTY = ("sh", "-c", "echo first-line; echo hello-from-xtm; trap 'exit 0' TERM;
 
 
 @pytest.fixture
-def cli_env(engine: str, bench: Any, manager: str,  # noqa: F811
+def cli_env(engine: str, bench: Any, manager: str,
             monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Settings through the environment, as an operator would set them."""
     env = {"MANAGER__ID": manager, "OPENCTI__DAEMON__SELECTOR": engine,
@@ -122,7 +118,7 @@ def test_auto_falls_back_to_podman(run_cli: Run, bench: Any, tmp_path: Path,
 
 
 @integration
-def test_deploy_and_pull_commands(engine: str, bench: Any, run_cli: Run,  # noqa: F811
+def test_deploy_and_pull_commands(engine: str, bench: Any, run_cli: Run,
                                   cli_env: dict[str, str]) -> None:
     name = unique()
     secret = "env-secret-" + os.urandom(4).hex()
@@ -151,8 +147,8 @@ def test_deploy_and_pull_commands(engine: str, bench: Any, run_cli: Run,  # noqa
 
 
 @integration
-def test_ps_logs_stop_start_rm(engine: str, bench: Any, run_cli: Run, cli_env: dict[str, str],  # noqa: F811
-                               engine_settings: Any, connect: Any, plugins: Any) -> None:  # noqa: F811
+def test_ps_logs_stop_start_rm(engine: str, bench: Any, run_cli: Run, cli_env: dict[str, str],
+                               engine_settings: Any, connect: Any, plugins: Any) -> None:
     settings = engine_settings({"opencti.daemon.docker.registry.url": bench.registry_open})
     name = unique()
     Deployer(connect(settings), settings, plugins).deploy(bench.image, name, command=CHATTY)
@@ -187,7 +183,7 @@ def test_ps_logs_stop_start_rm(engine: str, bench: Any, run_cli: Run, cli_env: d
 
 @integration
 @pytest.mark.parametrize("command", [["logs"], ["stop"], ["start"], ["rm", "--force"]])
-def test_commands_refuse_containers_of_others(engine: str, bench: Any, run_cli: Run,  # noqa: F811
+def test_commands_refuse_containers_of_others(engine: str, bench: Any, run_cli: Run,
                                               cli_env: dict[str, str], command: list[str]) -> None:
     name = unique()
     create_unmanaged(engine, bench, name, bench.ref(bench.registry_open))
@@ -201,13 +197,13 @@ def test_commands_refuse_containers_of_others(engine: str, bench: Any, run_cli: 
 
 
 @integration
-def test_missing_container_exits_13(engine: str, run_cli: Run, cli_env: dict[str, str]) -> None:  # noqa: F811
+def test_missing_container_exits_13(engine: str, run_cli: Run, cli_env: dict[str, str]) -> None:
     code, _, err = run_cli(["logs", unique()])
     assert code == 13 and "no container named" in err
 
 
 @integration
-def test_registry_errors_exit_codes_and_no_secret_anywhere(engine: str, bench: Any, run_cli: Run,  # noqa: F811
+def test_registry_errors_exit_codes_and_no_secret_anywhere(engine: str, bench: Any, run_cli: Run,
                                                            cli_env: dict[str, str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     wrong = "wrong-" + os.urandom(6).hex()
@@ -242,7 +238,7 @@ def _read_all(fd: int) -> bytes:
 
 
 @integration
-def test_progress_bar_on_a_terminal_only(engine: str, bench: Any, run_cli: Run,  # noqa: F811
+def test_progress_bar_on_a_terminal_only(engine: str, bench: Any, run_cli: Run,
                                          cli_env: dict[str, str]) -> None:
     import pty
 
