@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from composer_core import redact
 from composer_core.registries import HUB, HUB_KEY, InvalidKey, KeyScope, parse_key
+from composer_core.types import Failed, NotFound
 
 if TYPE_CHECKING:
     from composer_core.types import AnyCredentials
@@ -322,3 +323,18 @@ def reregister(credentials: AnyCredentials) -> None:
     """A memoised answer is reused: make sure the redactor still knows its secrets (it may have
     been cleared since, e.g. between tests)."""
     redact.register(getattr(credentials, "password", None), credentials.identity_token)
+
+
+def read_docker_config(environ: Mapping[str, str]) -> AuthFile | NotFound | Failed:
+    """Docker's config.json as the Docker CLI finds it, or why there is none to read (shared by
+    the providers that read it: docker-config for ``auths``, keychain for its helpers)."""
+    path, how = docker_config_path(environ)
+    if path is None:
+        return NotFound(f"no config.json to read ({how})")
+    try:
+        config = read_auth_file(path)
+    except AuthFileError as exc:
+        return Failed(str(exc))
+    if config is None:
+        return NotFound(f"no config.json at {path} ({how})")
+    return config

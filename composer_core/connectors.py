@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from composer_core.errors import UsageError
 from composer_core.reference import ImageRef, InvalidReference
+from composer_core.yamlfile import YamlFileError, read_yaml
 
 Status = Literal["started", "stopped"]
 STATUSES = ("started", "stopped")
@@ -150,15 +149,9 @@ def parse_connectors(data: Any, path: str) -> list[Connector]:
 def load_connectors(path: str | Path) -> list[Connector]:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read connectors file {p}: {exc.strerror or exc}",
-                         hint="pass the file with -f FILE") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InvalidConnectorsFile(str(p), [f"not valid YAML{where}: "
-                                             f"{getattr(exc, 'problem', None) or exc}"]) from None
+        data = read_yaml(p)
+    except YamlFileError as exc:
+        if exc.unreadable:
+            raise UsageError(f"connectors file: {exc.reason}", hint="pass the file with -f FILE") from None
+        raise InvalidConnectorsFile(str(p), [exc.reason]) from None
     return parse_connectors(data, str(p))

@@ -28,6 +28,7 @@ import yaml
 
 from composer_core import redact
 from composer_core.errors import SettingsError
+from composer_core.yamlfile import YamlFileError, read_yaml
 
 SECTIONS = ("manager", "opencti", "auth", "images", "plugins")
 SECRET_KEYS = frozenset({"password", "token", "secret", "auth", "identitytoken",
@@ -118,17 +119,12 @@ def _leaves(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, An
 
 def _read_yaml(path: Path, origin: str) -> Layer:
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SettingsError(f"cannot read settings file {path}: {exc.strerror or exc}",
-                            hint="check the path given with --config or XTM_COMPOSER_CONFIG") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise SettingsError(f"settings file {path} is not valid YAML{where}: {problem}") from None
+        data = read_yaml(path)
+    except YamlFileError as exc:
+        if exc.unreadable:
+            raise SettingsError(f"settings file: {exc.reason}",
+                                hint="check the path given with --config or XTM_COMPOSER_CONFIG") from None
+        raise SettingsError(f"settings file {path} is {exc.reason}") from None
     if data is None:
         data = {}
     if not isinstance(data, Mapping):

@@ -157,7 +157,7 @@ def test_broken_files(isolated_env: Path, tmp_path: Path, content: str, words: s
 
 
 def test_missing_file(isolated_env: Path) -> None:
-    with pytest.raises(SettingsError, match="cannot read settings file .*nope.yaml"):
+    with pytest.raises(SettingsError, match="settings file: cannot read .*nope.yaml: No such file"):
         load_settings(["nope.yaml"], environ={}, cwd=isolated_env)
 
 

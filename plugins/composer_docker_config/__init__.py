@@ -19,12 +19,10 @@ import logging
 from composer_core import hookimpl
 from composer_core.authfile import (
     AuthFile,
-    AuthFileError,
     Match,
     best_match,
-    docker_config_path,
     keys_text,
-    read_auth_file,
+    read_docker_config,
     reregister,
     warn_once,
 )
@@ -44,15 +42,9 @@ log = logging.getLogger("xtm_composer.auth.docker_config")
 
 
 def lookup(request: CredentialRequest) -> LookupResult:
-    path, how = docker_config_path(request.environ)
-    if path is None:
-        return NotFound(f"no config.json to read ({how})")
-    try:
-        config = read_auth_file(path)
-    except AuthFileError as exc:
-        return Failed(str(exc))
-    if config is None:
-        return NotFound(f"no config.json at {path} ({how})")
+    config = read_docker_config(request.environ)
+    if not isinstance(config, AuthFile):
+        return config
     memo_key = (NAME, request.registry, request.image.path)
     result = config.memo.get(memo_key)
     if result is None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from composer_core import hookimpl
-from composer_core.authfile import AuthFile, AuthFileError, docker_config_path, read_auth_file
+from composer_core.authfile import AuthFile, read_docker_config
 from composer_core.registries import canonical_host, helper_server_url
 from composer_core.settings import Settings
 from composer_core.types import (
@@ -74,15 +74,12 @@ def _plan(config: AuthFile, registry: str) -> Plan:
 
 
 def lookup(request: CredentialRequest) -> LookupResult:
-    path, how = docker_config_path(request.environ)
-    if path is None:
-        return NotFound(f"no config.json to read ({how}), so no credential helper is configured")
-    try:
-        config = read_auth_file(path)
-    except AuthFileError as exc:
-        return Failed(str(exc))
-    if config is None:
-        return NotFound(f"no config.json at {path} ({how}), so no credsStore or credHelpers")
+    config = read_docker_config(request.environ)
+    if isinstance(config, NotFound):
+        return NotFound(f"{config.reason}, so no credsStore or credHelpers")
+    if isinstance(config, Failed):
+        return config
+    path = config.path
     plan = config.memo.get((NAME, request.registry))
     if plan is None:
         plan = config.memo[(NAME, request.registry)] = _plan(config, canonical_host(request.registry))
