@@ -16,12 +16,10 @@ do) costs exactly the one list call, whatever the size of the fleet.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from composer_core import redact
@@ -32,6 +30,7 @@ from composer_core.images import resolve_image
 from composer_core.manager import Plugins
 from composer_core.runtime import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER, manager_id
 from composer_core.settings import Settings
+from composer_core.timestamps import seconds_since
 from composer_core.types import ContainerInfo, ResolvedImage, Runtime
 
 log = logging.getLogger("xtm_composer.fleet")
@@ -42,6 +41,8 @@ RUNNING = ("running", "restarting")
 # XTM Composer's definition of a connector restarting in a loop
 LOOP_RESTARTS = 3
 LOOP_UPTIME_SECONDS = 300
+# a container started this long after its creation was started again (by the engine or a user)
+RESTARTED_AFTER_SECONDS = 2
 
 
 @dataclass
@@ -229,11 +230,13 @@ class Reconciler:
                       redact.scrub(exc.message))
 
     def _restart_loops(self, containers: list[ContainerInfo]) -> list[str]:
-        """Containers restarting in a loop (more than 3 restarts, up less than 5 minutes). The
-        list call tells which are restarting; only those are inspected for their count."""
+        """Containers restarting in a loop (more than 3 restarts, up less than 5 minutes). The list
+        call tells which may be: Docker lists them as ``restarting``; Podman, which restarts
+        without that state, lists when they were created and last started. Only those are
+        inspected for their restart count, so a steady fleet costs no extra call."""
         warnings = []
         for info in containers:
-            if info.status != "restarting":
+            if not _may_be_restarting(info):
                 continue
             detail = self.runtime.inspect(info.id) or info
             uptime = seconds_since(detail.started_at)
@@ -245,22 +248,10 @@ class Reconciler:
         return warnings
 
 
-_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?")
-
-
-def seconds_since(stamp: str | None) -> float | None:
-    """Seconds since an engine timestamp (Docker and Podman give nanoseconds, which
-    ``datetime.fromisoformat`` of Python 3.11 does not take)."""
-    if not stamp:
-        return None
-    match = _TIME.match(stamp)
-    if match is None:
-        return None
-    whole, fraction, zone = match.groups()
-    zone = "+00:00" if zone in (None, "Z") else zone
-    text = f"{whole}.{(fraction or '0')[:6].ljust(6, '0')}{zone}"
-    try:
-        started = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return (datetime.now(UTC) - started).total_seconds()
+def _may_be_restarting(info: ContainerInfo) -> bool:
+    if info.status == "restarting" or info.restart_count > LOOP_RESTARTS:
+        return True
+    if info.restarted_after is None or info.restarted_after < RESTARTED_AFTER_SECONDS:
+        return False
+    uptime = seconds_since(info.started_at)
+    return uptime is None or uptime < LOOP_UPTIME_SECONDS

@@ -235,6 +235,8 @@ class ContainerSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
     command: tuple[str, ...] | None = None
+    #: the engine restarts a connector that exits, unless it was stopped on purpose
+    restart_policy: Literal["no", "always", "unless-stopped", "on-failure"] = "unless-stopped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +250,9 @@ class ContainerInfo:
     labels: Mapping[str, str] = field(default_factory=dict)
     restart_count: int = 0
     started_at: str | None = None
+    #: seconds between creation and the last start, when the engine's list tells (Podman): a
+    #: container restarted by its engine starts long after it was created
+    restarted_after: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "image": self.image, "status": self.status,

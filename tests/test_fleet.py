@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from composer_core.connectors import InvalidConnectorsFile, load_connectors, parse_connectors
-from composer_core.fleet import Reconciler, plan, seconds_since
+from composer_core.fleet import Reconciler, plan
 from composer_core.runtime import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER
+from composer_core.timestamps import seconds_since
 from composer_core.types import ContainerInfo
 from tests.conftest import assert_no_secrets
 from tests.engine_helpers import (
@@ -347,3 +348,28 @@ def _wait_for(condition: Any, timeout: float = 30) -> None:
             return
         time.sleep(0.2)
     raise AssertionError("condition not met in time")
+
+
+@pytest_integration
+def test_a_connector_restarting_in_a_loop_is_reported(engine, bench, manager, engine_settings, plugins,
+                                                      connect) -> None:
+    from composer_core.deploy import Deployer
+
+    settings = engine_settings()
+    runtime = connect(settings)
+    looping, healthy = unique("xtm-loop"), unique("xtm-healthy")
+    deployer = Deployer(runtime, settings, plugins)
+    image = f"{bench.registry_open}/{bench.image}"
+    try:
+        deployer.deploy(image, healthy, {}, connector_id="healthy-1")
+        deployer.deploy(image, looping, {}, connector_id="loop-1", command=("false",))  # exits at once
+        warnings: list[str] = []
+        deadline = time.monotonic() + 20
+        while not warnings and time.monotonic() < deadline:
+            time.sleep(0.5)
+            warnings = Reconciler(runtime, settings, plugins).run_pass([], dry_run=True).warnings
+        assert len(warnings) == 1, warnings
+        assert f"connector loop-1 ({looping}) is restarting in a loop" in warnings[0]
+    finally:
+        remove_by_name(engine, bench, looping)
+        remove_by_name(engine, bench, healthy)

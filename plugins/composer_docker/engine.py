@@ -157,7 +157,9 @@ class DockerRuntime:
         with self._calls(f"creating container {spec.name!r}"):
             created = self.api.create_container(
                 image=spec.image, name=spec.name, environment=dict(spec.env),
-                labels=dict(spec.labels), command=list(spec.command) if spec.command else None)
+                labels=dict(spec.labels), command=list(spec.command) if spec.command else None,
+                host_config=self.api.create_host_config(
+                    restart_policy={"Name": spec.restart_policy}))
         return ContainerInfo(id=str(created["Id"]), name=spec.name, image=spec.image,
                              status="created", labels=dict(spec.labels))
 

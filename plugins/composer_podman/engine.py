@@ -18,6 +18,7 @@ import os
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
@@ -28,6 +29,7 @@ from composer_core.errors import ContainerError, ContainerNotFound, RegistryErro
 from composer_core.reference import ImageRef
 from composer_core.runtime import classify_pull_failure, is_loopback_registry, reason_of
 from composer_core.settings import Settings
+from composer_core.timestamps import parse_time
 from composer_core.types import AnyCredentials, ContainerInfo, ContainerSpec, PullProgress
 from composer_podman.endpoint import resolve_endpoint
 
@@ -76,10 +78,18 @@ def _info(data: Mapping[str, Any], fallback_name: str = "") -> ContainerInfo:
             restart_count=int(data.get("RestartCount") or 0),
             started_at=str(started) if started and not str(started).startswith("0001") else None)
     names = data.get("Names") or [fallback_name]
+    # the libpod list gives StartedAt as epoch seconds and Created as an ISO time
+    started_epoch, created = data.get("StartedAt"), parse_time(str(data.get("Created") or ""))
+    started_iso = restarted_after = None
+    if isinstance(started_epoch, int) and started_epoch > 0:
+        started = datetime.fromtimestamp(started_epoch, UTC)
+        started_iso = started.isoformat()
+        if created is not None:
+            restarted_after = (started - created).total_seconds()
     return ContainerInfo(id=str(data.get("Id") or ""), name=str(names[0]),
                          image=str(data.get("Image") or ""), status=_status(state),
                          labels=dict(data.get("Labels") or {}), restart_count=0,
-                         started_at=None)
+                         started_at=started_iso, restarted_after=restarted_after)
 
 
 class PodmanRuntime:
@@ -171,7 +181,7 @@ class PodmanRuntime:
 
     def create(self, spec: ContainerSpec) -> ContainerInfo:
         body: dict[str, Any] = {"name": spec.name, "image": spec.image, "env": dict(spec.env),
-                                "labels": dict(spec.labels)}
+                                "labels": dict(spec.labels), "restart_policy": spec.restart_policy}
         if spec.command:
             body["command"] = list(spec.command)
         response = self._call("post", "/containers/create", f"creating container {spec.name!r}",
