@@ -63,6 +63,7 @@ from composer_core.manager import Plugins  # noqa: E402
 from composer_core.runtime import LABEL_CONNECTOR, LABEL_MANAGER, connect_runtime  # noqa: E402
 from composer_core.settings import Settings, load_settings  # noqa: E402
 from tests.bench import START_HINT, load_bench  # noqa: E402
+from tests.engine_helpers import CountingRuntime  # noqa: E402
 
 TARGET_RATIO = 0.70
 TARGET_STEADY_CALLS = 1
@@ -112,29 +113,6 @@ class HttpCounter:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
-
-
-class CountingRuntime:
-    """Counts the runtime-method calls made through it (as in tests/test_fleet.py)."""
-
-    def __init__(self, runtime: Any) -> None:
-        self._runtime = runtime
-        self.calls: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self.name = runtime.name
-        self.endpoint = runtime.endpoint
-
-    def __getattr__(self, attr: str) -> Any:
-        target = getattr(self._runtime, attr)
-        if not callable(target):
-            return target
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                self.calls[attr] += 1
-            return target(*args, **kwargs)
-
-        return counted
 
 
 def session_of(runtime: Any) -> Any:

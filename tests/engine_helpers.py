@@ -15,6 +15,8 @@ import base64
 import json
 import secrets
 import socket
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,29 @@ def create_unmanaged(engine: str, bench: Any, name: str, image: str) -> None:
             client.containers.create(image, name=name, labels={"xtm-test": "unmanaged"})
     finally:
         client.close()
+
+
+class CountingRuntime:
+    """Counts the runtime-method calls made through it (tests/test_fleet.py, bench/apply.py)."""
+
+    def __init__(self, runtime: Any) -> None:
+        self._runtime = runtime
+        self.calls: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self.name = runtime.name
+        self.endpoint = runtime.endpoint
+
+    def __getattr__(self, attr: str) -> Any:
+        target = getattr(self._runtime, attr)
+        if not callable(target):
+            return target
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self.calls[attr] += 1
+            return target(*args, **kwargs)
+
+        return counted
 
 
 # --- fixtures ----------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from composer_core.timestamps import seconds_since
 from composer_core.types import ContainerInfo
 from tests.conftest import assert_no_secrets
 from tests.engine_helpers import (
+    CountingRuntime,
     create_unmanaged,
     free_port,
     remove_by_name,
@@ -29,27 +29,6 @@ from tests.engine_helpers import (
 )
 
 WRITES = {"create", "start", "stop", "remove", "rename", "pull"}
-
-
-class CountingRuntime:
-    """Counts the runtime calls (each is one engine API request) made through it."""
-
-    def __init__(self, runtime: Any) -> None:
-        self._runtime = runtime
-        self.calls: Counter[str] = Counter()
-        self.name = runtime.name
-        self.endpoint = runtime.endpoint
-
-    def __getattr__(self, attr: str) -> Any:
-        target = getattr(self._runtime, attr)
-        if not callable(target):
-            return target
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls[attr] += 1
-            return target(*args, **kwargs)
-
-        return counted
 
 
 # --- the file (no engine) --------------------------------------------------------------------
