@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from base64 import b64encode
 from pathlib import Path
 
@@ -214,12 +216,45 @@ def test_unreadable_files(home: Path, tmp_path: Path, make_settings) -> None:
     assert isinstance(result, Failed) and "is not a regular file" in result.reason
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode-000 file anyway")
-def test_permission_denied(home: Path, make_settings) -> None:
-    path = write_json(home / ".docker/config.json", {"auths": {}})
-    path.chmod(0)
-    result = ask("reg.io/app", make_settings, {"HOME": str(home)})
-    assert isinstance(result, Failed) and "Permission denied" in result.reason
+def _as_nobody(action):
+    """Run ``action()`` in a forked child that dropped root's privileges (root reads a mode-000
+    file anyway); returns what it returned, as text."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write_end, str(action()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        text = pipe.read()
+    os.waitpid(pid, 0)
+    return text
+
+
+def test_permission_denied(make_settings) -> None:
+    # In a folder anyone may traverse, so that only the file's own mode 000 refuses the read.
+    home = Path(tempfile.mkdtemp(prefix="xtm-perm-"))
+    try:
+        home.chmod(0o755)
+        path = write_json(home / ".docker/config.json", {"auths": {}})
+        path.parent.chmod(0o755)
+        path.chmod(0)
+        settings = make_settings()
+
+        def attempt() -> str:
+            result = lookup(request("reg.io/app", settings, {"HOME": str(home)}))
+            return f"{type(result).__name__}: {getattr(result, 'reason', '')}"
+
+        outcome = _as_nobody(attempt) if os.geteuid() == 0 else attempt()
+        assert outcome.startswith("Failed: ") and "Permission denied" in outcome, outcome
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_empty_file_is_an_empty_configuration(home: Path, make_settings) -> None:
