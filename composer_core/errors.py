@@ -68,9 +68,10 @@ class RuntimeUnavailable(ComposerError):
 
 
 class RegistryError(ComposerError):
-    """A pull failed at the registry. Messages carry the credential trace (what was sent, from where)."""
+    """A pull failed at the registry. Messages carry the credential trace (what was sent, from where).
+    The subclasses say why; this base is a failure the engine did not let us classify."""
 
-    exit_code = 6
+    exit_code = 15
     kind = "registry"
 
 

@@ -87,6 +87,15 @@ class Pass:
                 "warnings": list(self.warnings)}
 
 
+def as_composer_error(exc: BaseException) -> ComposerError:
+    """Errors of our own pass through; anything else (an SDK exception a runtime let escape) is
+    reported as what it is rather than crashing a pass."""
+    if isinstance(exc, ComposerError):
+        return exc
+    return ComposerError(f"unexpected {type(exc).__name__}: {redact.scrub(str(exc))}",
+                         hint="this is a bug of the runtime plugin; the other actions went on")
+
+
 # --- plan ---------------------------------------------------------------------------------------
 
 
@@ -150,6 +159,8 @@ class Reconciler:
         self.stop_event = stop_event or threading.Event()
         self.stop_timeout = stop_timeout
         self.max_parallel = int(settings.get("manager.max_parallel", 4))
+        # loaded here, once, rather than lazily by the first of several worker threads
+        plugins.credential_providers()
         self._deployer_factory = deployer_factory or (
             lambda: Deployer(runtime, settings, plugins, stop_timeout=stop_timeout))
 
@@ -174,9 +185,13 @@ class Reconciler:
             return result
         deployer = self._deployer_factory()  # one per pass: each image is pulled once a pass
         pull_errors = self._pull_all(deployer, [s for s in todo if s.action in ("deploy", "replace")])
-        with ThreadPoolExecutor(max_workers=self.max_parallel,
-                                thread_name_prefix="xtm-apply") as pool:
-            list(pool.map(lambda s: self._execute(deployer, s, pull_errors), todo))
+        # Removals first: a connector whose id changed but whose name did not is an orphan to
+        # remove *and* a deploy under the same name; in parallel they would race.
+        for batch in ([s for s in todo if s.action == "remove"],
+                      [s for s in todo if s.action != "remove"]):
+            with ThreadPoolExecutor(max_workers=self.max_parallel,
+                                    thread_name_prefix="xtm-apply") as pool:
+                list(pool.map(lambda s: self._execute(deployer, s, pull_errors), batch))
         return result
 
     def _pull_all(self, deployer: Deployer, steps: list[Step]) -> dict[str, ComposerError]:
@@ -192,9 +207,9 @@ class Reconciler:
                 return
             try:
                 deployer.pull(image)
-            except ComposerError as exc:
-                errors[reference] = exc
-                log.error("pulling %s failed: %s", reference, redact.scrub(exc.message))
+            except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the pass
+                errors[reference] = as_composer_error(exc)
+                log.error("pulling %s failed: %s", reference, redact.scrub(errors[reference].message))
 
         with ThreadPoolExecutor(max_workers=self.max_parallel,
                                 thread_name_prefix="xtm-pull") as pool:
@@ -223,11 +238,11 @@ class Reconciler:
                 self.runtime.remove(step.container.id, force=True)
             step.result = "ok"
             log.info("connector %s: %s %s: ok", step.id, step.action, step.name)
-        except ComposerError as exc:
+        except Exception as exc:  # noqa: BLE001 - one action's failure must not stop the others
             step.result = "failed"
-            step.error = exc
+            step.error = as_composer_error(exc)
             log.error("connector %s: %s %s failed: %s", step.id, step.action, step.name,
-                      redact.scrub(exc.message))
+                      redact.scrub(step.error.message))
 
     def _restart_loops(self, containers: list[ContainerInfo]) -> list[str]:
         """Containers restarting in a loop (more than 3 restarts, up less than 5 minutes). The list

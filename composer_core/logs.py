@@ -33,7 +33,8 @@ class _Json(_Scrubbing):
             entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return redact.scrub(json.dumps(entry, default=str))
+        # scrubbed before serialising: JSON escaping would hide a secret holding " or \ or é
+        return redact.scrub(json.dumps(redact.scrub_data(entry), default=str))
 
 
 def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:

@@ -13,6 +13,7 @@ into a :class:`~composer_core.errors.PluginError`.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -68,18 +69,23 @@ class Plugins:
         self._records: dict[str, PluginRecord] = {}
         self._cache: dict[str, dict[str, Any]] = {}
         self._inactive: frozenset[str] | None = None
+        # the deploy flow asks from worker threads: loading and collecting happen once, under a lock
+        self._lock = threading.RLock()
 
     # --- loading ---------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load every entry point once. Safe to call again."""
+        """Load every entry point once. Safe to call again, from any thread."""
         if self._loaded:
             return
-        self._loaded = True
-        if self._load_entry_points:
-            for ep in self._entry_points():
-                self._load_one(ep)
-        self._check_pending()
+        with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True
+            if self._load_entry_points:
+                for ep in self._entry_points():
+                    self._load_one(ep)
+            self._check_pending()
 
     def _entry_points(self) -> list[importlib_metadata.EntryPoint]:
         eps = importlib_metadata.entry_points(group=GROUP)
@@ -212,6 +218,13 @@ class Plugins:
 
     def _named(self, hook_name: str, kind: type[R], label: str) -> dict[str, R]:
         self.load()
+        cached = self._cache.get(hook_name)
+        if cached is not None:
+            return cached
+        with self._lock:
+            return self._collect(hook_name, kind, label)
+
+    def _collect(self, hook_name: str, kind: type[R], label: str) -> dict[str, R]:
         if hook_name in self._cache:
             return self._cache[hook_name]
         found: dict[str, R] = {}

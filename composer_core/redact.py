@@ -7,7 +7,9 @@ error printer pass their text through :func:`scrub`, so that no path, at any lev
 
 from __future__ import annotations
 
+import re
 import threading
+from typing import Any
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -34,6 +36,26 @@ def scrub(text: str) -> str:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
+
+
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)?[^/@\s]*@")
+
+
+def hide_userinfo(text: str) -> str:
+    """``https://robot:pw@reg.io`` -> ``https://***@reg.io``: URLs a user wrote may carry a password."""
+    return _USERINFO.sub(lambda m: f"{m.group(1) or ''}***@", text)
+
+
+def scrub_data(value: Any) -> Any:
+    """:func:`scrub` every string inside ``value``, *before* it is serialised: JSON escaping
+    (quotes, backslashes, non-ASCII) would hide a secret from a scrub of the serialised text."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {scrub_data(k): scrub_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub_data(v) for v in value]
+    return value
 
 
 def clear() -> None:

@@ -16,6 +16,8 @@ from typing import Final
 from docker_image import digest as _digest
 from docker_image import reference as _ref
 
+from composer_core.redact import hide_userinfo
+
 __all__ = [
     "DEFAULT_DOMAIN",
     "ImageRef",
@@ -226,7 +228,7 @@ def normalize_registry_url(url: str) -> str:
 
     def bad(why: str) -> InvalidRegistryURL:
         return InvalidRegistryURL(
-            f"invalid registry url {_quote(url)}: {why}; expected host[:port] such as "
+            f"invalid registry url {_quote(hide_userinfo(url))}: {why}; expected host[:port] such as "
             "'registry.example.com:5000' or 'localhost:5000' (an http:// or https:// "
             "prefix and a trailing '/' are accepted)"
         )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from composer_core.redact import hide_userinfo
+
 HUB = "docker.io"
 HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 #: The key the Docker CLI, docker-py and the credential helpers use for Docker Hub.
@@ -60,15 +62,15 @@ def parse_key(key: str) -> KeyScope:
             break
     else:
         if "://" in text:
-            raise InvalidKey(f"unsupported scheme in {key!r}")
+            raise InvalidKey(f"unsupported scheme in {hide_userinfo(key)!r}")
     host, _, path = text.partition("/")
     path = path.strip("/")
-    if path in ("v1", "v2") or path.startswith(("v1/", "v2/")) and path.rstrip("/") in ("v1", "v2"):
+    if path in ("v1", "v2"):  # API versions, not scopes
         path = ""
     if not host or any(c in host for c in " @?#"):
-        raise InvalidKey(f"no registry host in {key!r}")
+        raise InvalidKey(f"no registry host in {hide_userinfo(key)!r}")
     if any(c in path for c in "@:?#") or "//" in path:
-        raise InvalidKey(f"a key must not hold a tag, a digest or a query: {key!r}")
+        raise InvalidKey(f"a key must not hold a tag, a digest or a query: {hide_userinfo(key)!r}")
     return KeyScope(canonical_host(host), path.lower())
 
 

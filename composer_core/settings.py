@@ -17,6 +17,7 @@ Mappings merge key by key; scalars and lists replace. Each leaf remembers the la
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,12 +29,15 @@ import yaml
 
 from composer_core import redact
 from composer_core.errors import SettingsError
+from composer_core.registries import InvalidKey, parse_key
 from composer_core.yamlfile import YamlFileError, read_yaml
 
 SECTIONS = ("manager", "opencti", "auth", "images", "plugins")
 SECRET_KEYS = frozenset({"password", "token", "secret", "auth", "identitytoken",
                          "identity_token", "credentials_key", "api_key"})
 MASK = "******"
+#: leaves that are always text: never typed from an environment variable (a password "0x1F")
+STRING_KEYS = SECRET_KEYS | {"username", "url", "password_file", "email", "endpoint", "id", "name"}
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")
 
 
@@ -78,7 +82,9 @@ class Settings:
 
 def _mask(node: Any) -> Any:
     if isinstance(node, dict):
-        return {k: (MASK if k.lower() in SECRET_KEYS and v not in (None, "") else _mask(v))
+        # only values are masked: the `auth` section of the settings is a mapping, not a secret
+        return {k: (MASK if k.lower() in SECRET_KEYS and v not in (None, "")
+                    and not isinstance(v, (dict, list)) else _mask(v))
                 for k, v in node.items()}
     if isinstance(node, list):
         return [_mask(v) for v in node]
@@ -142,9 +148,17 @@ def _env_layer(environ: Mapping[str, str]) -> Layer:
         parts = name.split("__")
         if len(parts) < 2 or parts[0].lower() not in SECTIONS or not all(parts):
             continue
-        # "true" -> True, "10" -> 10, '["a","b"]' -> list, like dynaconf's own env loader
-        value = parse_conf_data(raw, tomlfy=True)
         dotted = ".".join(p.lower() for p in parts)
+        if parts[-1].lower() in STRING_KEYS:
+            value: Any = raw  # a password "12345678" or '"quoted"' is sent exactly as written
+        else:
+            # "true" -> True, "10" -> 10, '["a","b"]' -> list, like dynaconf's own env loader
+            try:
+                value = parse_conf_data(raw, tomlfy=True)
+            except Exception:  # noqa: BLE001 - dynaconf raises several types; the value may be secret
+                raise SettingsError(f"environment variable {name}: its value cannot be parsed",
+                                    hint="write a plain value: text, a number, true/false, or a "
+                                         "list such as [\"a\", \"b\"]") from None
         _dotted_set(data, dotted, value)
         origins[dotted] = f"environment variable {name}"
     return Layer("environment", data, origins)
@@ -192,9 +206,9 @@ def load_settings(config_files: Sequence[str | os.PathLike[str]] = (), *,
                 # cleared first, because dynaconf merges a mapping into an existing one
                 store.set(dotted, {})
                 if value:
-                    store.set(dotted, dict(value))
+                    store.set(dotted, _literal(dict(value)))
             else:
-                store.set(dotted, value)
+                store.set(dotted, _literal(value))
             _forget_children(sources, dotted)
             sources[dotted] = _origin_of(layer, dotted)
     data = {section: _plain(store.get(section)) for section in SECTIONS}
@@ -203,6 +217,27 @@ def load_settings(config_files: Sequence[str | os.PathLike[str]] = (), *,
     if validate:
         validate_settings(settings)
     return settings
+
+
+class _Verbatim:
+    """A string on its way through dynaconf's store, which would otherwise read ``@int``,
+    ``@format``, ``@jinja``... at its start as directives (and parses each value more than
+    once): a password that happens to start with ``@`` is a password."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _literal(value: Any) -> Any:
+    if isinstance(value, str):
+        return _Verbatim(value)
+    if isinstance(value, list):
+        return [_literal(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _literal(v) for k, v in value.items()}
+    return value
 
 
 def _origin_of(layer: Layer, dotted: str) -> str:
@@ -223,6 +258,8 @@ def _forget_children(sources: dict[str, str], dotted: str) -> None:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, _Verbatim):
+        return value.text
     if isinstance(value, Mapping):
         return {str(k).lower(): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -296,12 +333,12 @@ def validate_settings(settings: Settings, *, providers: Iterable[str] | None = N
         p.add("manager.logger.format", f"unknown format {fmt!r}; use text or json")
     for key in ("manager.execute_schedule", "auth.helper_timeout"):
         value = expect(key, (int, float), "a positive number of seconds")
-        if value is not None and value <= 0:
-            p.add(key, f"must be greater than 0, not {value!r}")
+        if value is not None and (not math.isfinite(value) or value <= 0):
+            p.add(key, f"must be a finite number greater than 0, not {value!r}")
     for key in ("auth.cache_ttl", "auth.cache_miss_ttl"):
         value = expect(key, (int, float), "a number of seconds (0 disables the cache)")
-        if value is not None and value < 0:
-            p.add(key, f"must not be negative, not {value!r}")
+        if value is not None and (not math.isfinite(value) or value < 0):
+            p.add(key, f"must be a finite number, not negative, not {value!r}")
     parallel = expect("manager.max_parallel", (int,), "a whole number of at least 1")
     if parallel is not None and parallel < 1:
         p.add("manager.max_parallel", f"must be at least 1, not {parallel!r}")
@@ -326,6 +363,11 @@ def validate_settings(settings: Settings, *, providers: Iterable[str] | None = N
         _validate_registry(p, f"opencti.daemon.docker.registries[{i}]", entry, url_required=True)
     mirrors = expect("opencti.daemon.docker.mirrors", (dict,), "a mapping of registry to mirror")
     for source, target in (mirrors or {}).items():
+        try:
+            parse_key(str(source))
+        except InvalidKey as exc:
+            p.add(f"opencti.daemon.docker.mirrors.{source}", f"invalid rule: {exc}; a rule is a "
+                  "registry, optionally with a path, such as docker.io or quay.io/team")
         if not isinstance(target, str) or not target.strip():
             p.add(f"opencti.daemon.docker.mirrors.{source}", "must be a mirror such as "
                   "mirror.company.com/dockerhub")

@@ -352,3 +352,18 @@ def test_a_connector_restarting_in_a_loop_is_reported(engine, bench, manager, en
     finally:
         remove_by_name(engine, bench, looping)
         remove_by_name(engine, bench, healthy)
+
+
+@pytest_integration
+def test_a_new_id_under_the_same_name_removes_then_deploys(engine, bench, manager, fleet_settings, plugins,
+                                                           connect, ids) -> None:
+    settings = fleet_settings
+    runtime = connect(settings)
+    data = _fleet(bench, ids[:1])
+    _pass(runtime, settings, plugins, data)
+    data["connectors"][0]["id"] = ids[0] + "-v2"  # same container name, another connector id
+    result, _ = _pass(runtime, settings, plugins, data)
+    assert sorted((s.action, s.result) for s in result.steps) == [("deploy", "ok"), ("remove", "ok")]
+    (only,) = runtime.list({LABEL_MANAGER: manager})
+    assert only.name == ids[0] and only.labels[LABEL_CONNECTOR] == ids[0] + "-v2"
+    assert only.status == "running"

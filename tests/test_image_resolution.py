@@ -135,3 +135,9 @@ def test_image_resolve_cli_rejects_invalid_input(run_cli, bad: str) -> None:
     assert code == 2
     assert err.startswith("error: invalid image")
     assert "Traceback" not in err
+
+
+def test_a_mirror_rule_may_name_a_whole_repository(make_settings, plugins) -> None:
+    settings = make_settings({"opencti.daemon.docker.mirrors": {"quay.io/team/app": "mirror.io/app"}})
+    assert resolve_image("quay.io/team/app:1", settings, plugins).ref.normalized() == "mirror.io/app:1"
+    assert resolve_image("quay.io/team/app/sub:2", settings, plugins).ref.normalized() == "mirror.io/app/sub:2"

@@ -120,6 +120,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _report(payload: dict[str, Any], text: str, code: int, args: list[str]) -> None:
     if _wants_json(args):
-        click.echo(redact.scrub(json.dumps(payload)))
+        click.echo(redact.scrub(json.dumps(redact.scrub_data(payload))))
     click.echo(redact.scrub(f"error: {text}"), err=True)
     sys.exit(code)

@@ -33,9 +33,11 @@ def check(as_json: bool) -> None:
     """Validate the settings against the installed plugins; exit 0 when valid, 2 otherwise."""
     app = get_app()
     plugins = app.plugins
+    # a disabled plugin named in a list is skipped when used, not an unknown name
+    inactive = plugins.inactive_names()
     validate_settings(app.settings,
-                      providers=plugins.credential_providers(),
-                      resolvers=plugins.image_resolvers(),
+                      providers=[*plugins.credential_providers(), *inactive],
+                      resolvers=[*plugins.image_resolvers(), *inactive],
                       runtimes=plugins.runtime_backends())
     if as_json:
         emit_json({"valid": True})

@@ -139,10 +139,14 @@ def run_command(path: str, stop_timeout: int) -> None:
                 result = reconciler.run_pass(watch.connectors)
                 changed = [s for s in result.steps if s.action != "nothing"]
                 log.info("pass done: %d actions, %d failed", len(changed), len(result.failed))
-            except ComposerError as exc:
-                log.error("pass failed, retrying in %gs: %s", schedule, redact.scrub(exc.message))
+            except Exception as exc:  # noqa: BLE001 - run never dies of an outage or a plugin bug
+                message = exc.message if isinstance(exc, ComposerError) else f"{type(exc).__name__}: {exc}"
+                log.error("pass failed, retrying in %gs: %s", schedule, redact.scrub(message))
                 if runtime is not None:
-                    runtime.close()
+                    try:
+                        runtime.close()
+                    except Exception:  # noqa: BLE001
+                        pass
                     runtime = None
             stop.wait(schedule)
     finally:

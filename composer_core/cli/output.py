@@ -12,7 +12,7 @@ from composer_core import redact
 
 
 def emit_json(data: Any) -> None:
-    click.echo(redact.scrub(json.dumps(data, indent=2, default=str)))
+    click.echo(redact.scrub(json.dumps(redact.scrub_data(data), indent=2, default=str)))
 
 
 def emit_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

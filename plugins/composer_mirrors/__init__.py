@@ -40,7 +40,8 @@ def apply_mirrors(image: str, settings: Settings) -> Rewrite | None:
     suffix = (f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")
     if not ref.tag and not ref.digest:
         suffix = ":latest"
-    mirrored = f"{target}/{rest}{suffix}"
+    # a rule may name a whole repository: then nothing of the path is left to append
+    mirrored = "/".join(part for part in (target, rest) if part) + suffix
     return Rewrite(mirrored, f"mirror rule {matched!r} -> {target!r} ({SETTING})")
 
 
