@@ -11,11 +11,14 @@ the manifest, so authentication and TLS are exercised every time.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,8 +34,11 @@ from composer_core.errors import (
     InsecureRegistryNotAllowed,
     RegistryTLSError,
     RegistryUnreachable,
+    RuntimeUnavailable,
 )
+from composer_core.reference import ImageRef
 from composer_core.settings import Settings
+from composer_core.types import Anonymous, Credentials
 from tests.conftest import assert_no_secrets
 from tests.engine_helpers import (
     docker_auth,
@@ -279,3 +285,291 @@ def test_podman_anonymous_pull_ignores_the_services_files(bench: Any, plugins: A
             Deployer(runtime, settings, plugins).pull(reference)
     finally:
         runtime.close()
+
+
+# --- a docker-py that never reads ~/.docker/config.json ----------------------------------------
+
+
+@only("docker")
+def test_docker_runtime_ignores_a_malformed_config_json(bench: Any, pull: Pull,
+                                                        engine_settings: Any, connect: Any) -> None:
+    """docker-py's APIClient parses config.json at construction and dies on one bad ``auth``
+    (binascii: Incorrect padding); the runtime never uses that store, so never reads it."""
+    config = write_docker_config(Path(os.environ["HOME"]), {"auths": {
+        bench.registry_open: {"auth": "!!notb64"}}})
+    try:
+        runtime = connect(engine_settings())
+        assert runtime.list({"xtm-test": "none"}) == []
+        result = pull(bench.image, private(bench))
+        assert result.resolution.source == "config" and result.image_id
+    finally:
+        config.unlink()  # the fixtures' teardown uses docker-py's own APIClient, which reads it
+
+
+# --- transport failures: a scripted daemon on a unix socket ------------------------------------
+
+
+HOLD = object()  #: send the response so far, then keep the connection open until the client goes
+
+
+def _http(status: str, body: bytes = b"", content_type: str = "application/json") -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def _chunked_head() -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+class FakeDaemon:
+    """An HTTP service on a unix socket answering each request with ``handler(method, path,
+    headers)``: bytes to send, then close; or ``(bytes, HOLD)``: send, then wait for the client
+    to close its end (recorded in ``client_closed``)."""
+
+    def __init__(self, path: Path, handler: Callable[..., Any]) -> None:
+        self.path, self.handler = path, handler
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.client_closed = threading.Event()
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(path))
+        self.server.listen(8)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.path}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        buffer = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, buffer = buffer.split(b"\r\n\r\n", 1)
+                lines = head.decode("latin-1").split("\r\n")
+                method, target = lines[0].split(" ")[:2]
+                headers = {k.strip().lower(): v.strip()
+                           for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+                length = int(headers.get("content-length") or 0)
+                while len(buffer) < length:
+                    buffer += conn.recv(65536)
+                buffer = buffer[length:]
+                self.requests.append((method, target, headers))
+                reply = self.handler(method, target.split("?", 1)[0], headers)
+                hold = isinstance(reply, tuple) and reply[1] is HOLD
+                conn.sendall(reply[0] if hold else reply)
+                if hold:
+                    while conn.recv(65536):
+                        pass
+                    self.client_closed.set()
+                    return
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def fake_daemon(tmp_path: Path) -> Iterator[Callable[[Callable[..., Any]], FakeDaemon]]:
+    started: list[FakeDaemon] = []
+    short = Path(tempfile.mkdtemp(prefix="xtm-fd-", dir="/tmp"))  # AF_UNIX paths: < 108 bytes
+
+    def start(handler: Callable[..., Any]) -> FakeDaemon:
+        daemon = FakeDaemon(short / f"d{len(started)}.sock", handler)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.close()
+    shutil.rmtree(short, ignore_errors=True)
+
+
+def _answers_ping(path: str) -> bytes | None:
+    """The connect-time requests of each engine: Docker's version probe, Podman's ping."""
+    if path.endswith("/version"):
+        return _http("200 OK", json.dumps({"ApiVersion": "1.41", "Version": "fake"}).encode())
+    if path.endswith("/_ping"):
+        return _http("200 OK", b"OK", "text/plain")
+    return None
+
+
+def _connect_fake(engine_name: str, url: str, make_settings: Callable[..., Settings]) -> Any:
+    settings = make_settings({"manager.id": "xtm-test-fake"})
+    if engine_name == "docker":
+        from composer_docker.engine import DockerRuntime
+
+        return DockerRuntime.connect(settings, {"DOCKER_HOST": url})
+    from composer_podman.engine import PodmanRuntime
+
+    return PodmanRuntime.connect(settings, {"CONTAINER_HOST": url})
+
+
+FAKE_ENGINES = pytest.mark.parametrize("engine_name", ["docker", "podman"])
+FAKE_IMAGE = "127.0.0.1:5999/xtm-test/busybox:1.0"
+
+
+@FAKE_ENGINES
+def test_read_timeout_is_a_composer_error(engine_name: str, fake_daemon: Any,
+                                          make_settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon that accepts and never answers: requests.ReadTimeout is not a ConnectionError."""
+    monkeypatch.setattr(f"composer_{engine_name}.engine.CALL_TIMEOUT", 0.5)
+    daemon = fake_daemon(lambda method, path, headers: _answers_ping(path) or (b"", HOLD))
+    runtime = _connect_fake(engine_name, daemon.url, make_settings)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RuntimeUnavailable) as caught:
+            runtime.list({"xtm-test": "x"})
+        assert time.monotonic() - started < 10
+        assert "listing containers" in str(caught.value) and daemon.url in str(caught.value)
+    finally:
+        runtime.close()
+
+
+@FAKE_ENGINES
+def test_broken_pull_stream_is_a_composer_error(engine_name: str, fake_daemon: Any,
+                                                make_settings: Any) -> None:
+    """A chunked pull stream cut mid-chunk (ChunkedEncodingError / urllib3 ProtocolError)."""
+
+    def handler(method: str, path: str, headers: dict[str, str]) -> Any:
+        if path.endswith(("/images/create", "/images/pull")):
+            return _chunked_head() + _chunk(b'{"status": "Pulling"}\n') + b"zz\r\nbroken"
+        return _answers_ping(path) or _http("404 Not Found", b'{"message": "no"}')
+
+    daemon = fake_daemon(handler)
+    runtime = _connect_fake(engine_name, daemon.url, make_settings)
+    try:
+        with pytest.raises(RuntimeUnavailable) as caught:
+            runtime.pull(ImageRef.parse(FAKE_IMAGE), Anonymous, tls_verify=True)
+        assert "pulling" in str(caught.value) and daemon.url in str(caught.value)
+    finally:
+        runtime.close()
+
+
+@FAKE_ENGINES
+def test_pull_error_mid_stream_closes_the_response(engine_name: str, fake_daemon: Any,
+                                                   make_settings: Any) -> None:
+    """An error event while the daemon keeps the stream open: the response must be closed."""
+
+    def handler(method: str, path: str, headers: dict[str, str]) -> Any:
+        if path.endswith(("/images/create", "/images/pull")):
+            return (_chunked_head() + _chunk(b'{"status": "Pulling"}\n')
+                    + _chunk(b'{"error": "manifest unknown: no such tag"}\n'), HOLD)
+        return _answers_ping(path) or _http("404 Not Found", b'{"message": "no"}')
+
+    daemon = fake_daemon(handler)
+    runtime = _connect_fake(engine_name, daemon.url, make_settings)
+    try:
+        with pytest.raises(ImageNotFound) as caught:
+            runtime.pull(ImageRef.parse(FAKE_IMAGE), Anonymous, tls_verify=True)
+        # still referenced (the traceback holds the frames): only an explicit close frees it
+        assert caught.value is not None
+        assert daemon.client_closed.wait(5), "the pull left its HTTP response open"
+    finally:
+        runtime.close()
+
+
+def test_podman_failed_ping_closes_the_client(fake_daemon: Any, make_settings: Any) -> None:
+    def handler(method: str, path: str, headers: dict[str, str]) -> Any:
+        return (_http("500 Internal Server Error", b'{"message": "broken"}'), HOLD)
+
+    daemon = fake_daemon(handler)
+    with pytest.raises(RuntimeUnavailable) as caught:
+        _connect_fake("podman", daemon.url, make_settings)
+    assert "answered the ping with HTTP 500" in str(caught.value)
+    assert daemon.client_closed.wait(5), "the failed connect left the client open"
+
+
+# --- endpoints ---------------------------------------------------------------------------------
+
+
+@FAKE_ENGINES
+@pytest.mark.parametrize("url", ["ssh://core@192.0.2.1:22/run/podman/podman.sock",
+                                 "http+ssh://core@192.0.2.1/run/podman/podman.sock"])
+def test_ssh_endpoints_are_refused_up_front(engine_name: str, url: str, make_settings: Any) -> None:
+    started = time.monotonic()
+    with pytest.raises(RuntimeUnavailable) as caught:
+        _connect_fake(engine_name, url, make_settings)
+    assert time.monotonic() - started < 2
+    message = str(caught.value)
+    assert message.startswith("ssh:// endpoints are not supported")
+    assert "forward the socket (ssh -L /tmp/" in message and "use unix:///tmp/" in message
+
+
+@FAKE_ENGINES
+def test_unsupported_endpoint_schemes_are_refused(engine_name: str, make_settings: Any) -> None:
+    with pytest.raises(RuntimeUnavailable) as caught:
+        _connect_fake(engine_name, "npipe:////./pipe/docker_engine", make_settings)
+    assert "npipe://" in str(caught.value) and "unix://" in str(caught.value)
+
+
+# --- Podman: credentials scoped to their registry ----------------------------------------------
+
+
+def _decoded_auth(daemon: FakeDaemon) -> Any:
+    header = next(h["x-registry-auth"] for m, t, h in daemon.requests if "/images/pull" in t)
+    return json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+
+
+def test_podman_sends_credentials_as_a_per_registry_map(fake_daemon: Any,
+                                                        make_settings: Any) -> None:
+    def handler(method: str, path: str, headers: dict[str, str]) -> Any:
+        if path.endswith("/images/pull"):
+            return (_chunked_head() + _chunk(b'{"id": "sha256:feed"}\n') + b"0\r\n\r\n")
+        return _answers_ping(path) or _http("404 Not Found", b'{"message": "no"}')
+
+    daemon = fake_daemon(handler)
+    runtime = _connect_fake("podman", daemon.url, make_settings)
+    try:
+        secret = "pw-" + os.urandom(4).hex()
+        credentials = Credentials(registry="127.0.0.1:5999", source="config", username="user",
+                                  password=secret)
+        runtime.pull(ImageRef.parse(FAKE_IMAGE), credentials, tls_verify=True)
+        assert _decoded_auth(daemon) == {"127.0.0.1:5999": {"username": "user", "password": secret}}
+        token = Credentials(registry="127.0.0.1:5999", source="config", identity_token="tok-1")
+        daemon.requests.clear()
+        runtime.pull(ImageRef.parse(FAKE_IMAGE), token, tls_verify=True)
+        assert _decoded_auth(daemon) == {"127.0.0.1:5999": {"identitytoken": "tok-1"}}
+        daemon.requests.clear()
+        runtime.pull(ImageRef.parse(FAKE_IMAGE), Anonymous, tls_verify=True)
+        assert _decoded_auth(daemon) == {}
+    finally:
+        runtime.close()
+
+
+@only("podman")
+def test_podman_does_not_send_credentials_to_another_registry(bench: Any, engine_settings: Any,
+                                                              connect: Any) -> None:
+    """Valid credentials, but for another registry: the real service must not use them for the
+    private registry (with a single auth config it would send them to every registry)."""
+    runtime = connect(engine_settings())
+    elsewhere = Credentials(registry=bench.registry_open, source="config",
+                            username=bench.username, password=bench.password)
+    with pytest.raises((AuthenticationRequired, CredentialsRejected)) as caught:
+        runtime.pull(ImageRef.parse(bench.ref(bench.registry_private)), elsewhere,
+                     tls_verify=False)
+    assert "authentication required" in str(caught.value)
+    scoped = Credentials(registry=bench.registry_private, source="config",
+                         username=bench.username, password=bench.password)
+    assert runtime.pull(ImageRef.parse(bench.ref(bench.registry_private)), scoped,
+                        tls_verify=False)

@@ -84,6 +84,50 @@ def test_nothing_answering_lists_every_endpoint_tried(run_cli: Run, tmp_path: Pa
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("cert_path", ["no-such-dir", None])
+def test_docker_tls_without_usable_certificates_is_a_clear_error(
+        run_cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        cert_path: str | None) -> None:
+    """DOCKER_TLS_VERIFY=1 with a missing (or unset: ~/.docker) DOCKER_CERT_PATH."""
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2376")
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    if cert_path is not None:
+        monkeypatch.setenv("DOCKER_CERT_PATH", str(tmp_path / cert_path))
+    code, _, err = run_cli(["--runtime", "docker", "ps"])
+    assert code == 5, err
+    assert "Traceback" not in err and "internal error" not in err
+    assert "DOCKER_CERT_PATH=" in err and "DOCKER_TLS_VERIFY" in err
+    assert "ca.pem, cert.pem and key.pem" in err
+
+
+@pytest.mark.parametrize("runtime, variable", [("docker", "DOCKER_HOST"),
+                                               ("podman", "CONTAINER_HOST")])
+def test_ssh_endpoints_are_refused_with_the_socket_forwarding_advice(
+        run_cli: Run, monkeypatch: pytest.MonkeyPatch, runtime: str, variable: str) -> None:
+    monkeypatch.setenv(variable, "ssh://core@192.0.2.1:22/run/podman/podman.sock")
+    code, _, err = run_cli(["--runtime", runtime, "ps"])
+    assert code == 5, err
+    assert "ssh:// endpoints are not supported" in err and "ssh -L /tmp/" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.integration
+def test_docker_commands_survive_a_malformed_config_json(run_cli: Run, bench: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """One bad ``auth`` in ~/.docker/config.json made docker-py's client constructor fail (exit
+    70, "Incorrect padding"): the runtime does not read that file at all."""
+    config = Path(os.environ["HOME"]) / ".docker" / "config.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({"auths": {bench.registry_open: {"auth": "!!notb64"}}}))
+    monkeypatch.setenv("DOCKER_HOST", bench.docker_host)
+    monkeypatch.setenv("MANAGER__ID", unique("xtm-test-manager"))
+    code, out, err = run_cli(["--runtime", "docker", "ps", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["containers"] == []
+    code, _, err = run_cli(["--runtime", "docker", "pull", bench.ref(bench.registry_open)])
+    assert code == 0, err
+
+
 # --- runtime selection --------------------------------------------------------------------------
 
 integration = pytest.mark.integration

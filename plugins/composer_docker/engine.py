@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import Any
 
 import docker
 import requests
-from docker.errors import APIError, DockerException, NotFound
+import urllib3
+from docker.errors import APIError, DockerException, NotFound, TLSParameterError
 
 from composer_core import redact
 from composer_core.errors import ContainerError, ContainerNotFound, RegistryError, RuntimeUnavailable
@@ -22,6 +23,7 @@ from composer_core.reference import ImageRef
 from composer_core.runtime import classify_pull_failure, insecure_key, reason_of
 from composer_core.settings import Settings
 from composer_core.types import AnyCredentials, ContainerInfo, ContainerSpec, PullProgress
+from composer_docker.client import SUPPORTED_SCHEMES, ConfigFreeAPIClient
 from composer_docker.daemon import require_insecure_allowed
 
 DEFAULT_ENDPOINT = "unix:///var/run/docker.sock"
@@ -29,13 +31,58 @@ PING_TIMEOUT = 5
 CALL_TIMEOUT = 60
 
 
+#: What an HTTP exchange with the daemon can raise besides the SDK's own errors: requests'
+#: (ReadTimeout, ChunkedEncodingError... are not ConnectionErrors) and, on the SDK's streams,
+#: which read the raw response, urllib3's (ProtocolError, ReadTimeoutError).
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    requests.RequestException, urllib3.exceptions.HTTPError, DockerException)
+
+
+def _tls_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH, as the Docker CLI reads them."""
+    if not environ:  # kwargs_from_env would read os.environ instead of "nothing"
+        return {}
+    try:
+        return dict(docker.utils.kwargs_from_env(environment=dict(environ)))
+    except TLSParameterError as exc:
+        cert_path = environ.get("DOCKER_CERT_PATH") or "~/.docker (DOCKER_CERT_PATH is not set)"
+        raise RuntimeUnavailable(
+            f"Docker TLS is enabled (DOCKER_TLS_VERIFY / DOCKER_CERT_PATH) but the client "
+            f"certificates in DOCKER_CERT_PATH={cert_path} are not usable: "
+            f"{redact.scrub(str(exc))}; it must hold ca.pem, cert.pem and key.pem",
+            hint="point DOCKER_CERT_PATH at the directory with ca.pem, cert.pem and key.pem, or "
+                 "unset DOCKER_TLS_VERIFY and DOCKER_CERT_PATH for a daemon without TLS") from None
+
+
+def check_endpoint(endpoint: str) -> None:
+    """Refuse schemes the runtime does not support, before the SDK tries them.
+
+    ``ssh://`` in particular: docker-py would shell out to ``ssh`` (or use paramiko, with its own
+    host key policy) with no bound on how long a connection may take.
+    """
+    if "://" not in endpoint:  # host:port: the SDK reads it as tcp://
+        return
+    scheme = endpoint.split("://", 1)[0].lower()
+    if scheme in ("ssh", "http+ssh"):
+        raise RuntimeUnavailable(
+            "ssh:// endpoints are not supported (DOCKER_HOST or opencti.daemon.docker.endpoint): "
+            "forward the socket (ssh -L /tmp/docker.sock:/var/run/docker.sock host) and use "
+            "unix:///tmp/docker.sock")
+    if scheme not in SUPPORTED_SCHEMES:
+        raise RuntimeUnavailable(
+            f"unsupported Docker endpoint scheme {scheme}:// (DOCKER_HOST or "
+            "opencti.daemon.docker.endpoint): use one of "
+            + ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES))
+
+
 def endpoint_settings(settings: Settings, environ: Mapping[str, str]) -> dict[str, Any]:
     """``base_url`` and ``tls`` for the client: the setting, else DOCKER_HOST & co, else default."""
-    kwargs: dict[str, Any] = docker.utils.kwargs_from_env(environment=dict(environ))
+    kwargs = _tls_from_env(environ)
     configured = settings.get("opencti.daemon.docker.endpoint")
     if configured:
         kwargs["base_url"] = str(configured)
     kwargs.setdefault("base_url", DEFAULT_ENDPOINT)
+    check_endpoint(str(kwargs["base_url"]))
     return kwargs
 
 
@@ -82,8 +129,8 @@ class DockerRuntime:
         endpoint = str(kwargs["base_url"])
         try:
             # version="auto" asks the daemon for its API version: that request is the ping.
-            api = docker.APIClient(version="auto", timeout=PING_TIMEOUT, **kwargs)
-        except DockerException as exc:
+            api = ConfigFreeAPIClient(version="auto", timeout=PING_TIMEOUT, **kwargs)
+        except (DockerException, ValueError) as exc:
             raise RuntimeUnavailable(
                 f"Docker does not answer at {endpoint}: {reason_of(exc)}",
                 hint="start dockerd, or point DOCKER_HOST (or opencti.daemon.docker.endpoint) "
@@ -105,7 +152,7 @@ class DockerRuntime:
         except APIError as exc:
             raise ContainerError(f"{what} failed on docker: {redact.scrub(_engine_message(exc))}",
                                  ) from None
-        except (requests.ConnectionError, DockerException) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise RuntimeUnavailable(f"{what}: Docker at {self.endpoint} stopped answering: "
                                      f"{reason_of(exc)}") from None
 
@@ -129,27 +176,31 @@ class DockerRuntime:
         auth = credentials.engine_auth() or {}
         tag = image.digest or image.tag or "latest"
         try:
-            for event in self.api.pull(image.repository, tag=tag, stream=True, decode=True,
-                                       auth_config=auth):
-                if not isinstance(event, Mapping):
-                    continue
-                if event.get("error"):
-                    raise classify_pull_failure(str(event["error"]), credentials)
-                if progress is not None and event.get("status"):
-                    detail = event.get("progressDetail") or {}
-                    progress(PullProgress(layer=event.get("id"), status=str(event["status"]),
-                                          current=detail.get("current"), total=detail.get("total")))
+            # closed on every exit, an error event included: that closes the HTTP response
+            with closing(self.api.pull(image.repository, tag=tag, stream=True, decode=True,
+                                       auth_config=auth)) as events:
+                for event in events:
+                    if not isinstance(event, Mapping):
+                        continue
+                    if event.get("error"):
+                        raise classify_pull_failure(str(event["error"]), credentials)
+                    if progress is not None and event.get("status"):
+                        detail = event.get("progressDetail") or {}
+                        progress(PullProgress(layer=event.get("id"), status=str(event["status"]),
+                                              current=detail.get("current"),
+                                              total=detail.get("total")))
         except APIError as exc:
             raise classify_pull_failure(_engine_message(exc), credentials) from None
-        except (requests.ConnectionError, DockerException) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise RuntimeUnavailable(f"pulling {reference}: Docker at {self.endpoint} stopped "
                                      f"answering: {reason_of(exc)}") from None
         # Never assume success from a quiet stream: the image must be there now.
-        try:
-            return str(self.api.inspect_image(reference)["Id"])
-        except DockerException as exc:
-            raise RegistryError(f"Docker reported the pull of {reference} as done, but the image "
-                                f"is not there: {reason_of(exc)}") from None
+        with self._calls(f"inspecting the pulled image {reference}"):
+            try:
+                return str(self.api.inspect_image(reference)["Id"])
+            except NotFound as exc:
+                raise RegistryError(f"Docker reported the pull of {reference} as done, but the "
+                                    f"image is not there: {reason_of(exc)}") from None
 
     # --- containers -----------------------------------------------------------------------
 

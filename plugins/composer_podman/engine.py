@@ -17,7 +17,7 @@ import json
 import os
 import struct
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,8 +38,19 @@ CALL_TIMEOUT = 60
 
 
 def encode_auth(auth: Mapping[str, str] | None) -> str:
-    """The ``X-Registry-Auth`` value: base64url JSON; ``{}`` (not nothing) when anonymous."""
-    return base64.urlsafe_b64encode(json.dumps(dict(auth or {})).encode()).decode()
+    """The ``X-Registry-Auth`` value: base64url JSON of an auth *map*, ``{}`` when anonymous.
+
+    The map form (``{registry: {"username", "password"}}`` or ``{registry: {"identitytoken"}}``)
+    is what the Podman service scopes per registry: it writes it to a temporary auth file and
+    looks each registry up there. A single config (``{"username", "password", "serveraddress"}``)
+    would be sent by the service to *every* registry the pull contacts (registries.conf mirrors,
+    short-name candidates...). ``{}`` is an empty map: no credentials, and not the service's own.
+    """
+    scoped: dict[str, dict[str, str]] = {}
+    if auth:
+        entry = {key: value for key, value in auth.items() if key != "serveraddress"}
+        scoped[str(auth["serveraddress"])] = entry
+    return base64.urlsafe_b64encode(json.dumps(scoped).encode()).decode()
 
 
 def _error_text(response: Any) -> str:
@@ -48,6 +59,13 @@ def _error_text(response: Any) -> str:
         return str(body.get("message") or body.get("cause") or body)
     except ValueError:
         return str(response.text or f"HTTP {response.status_code}")
+
+
+def _ping(client: PodmanClient) -> int:
+    """The ping's HTTP status. The response dies here: alive (in a traceback, say) it would keep
+    its socket open even after ``client.close()``."""
+    with closing(client.api.get("/_ping", timeout=PING_TIMEOUT)) as response:
+        return int(response.status_code)
 
 
 def _demux(payload: bytes) -> bytes:
@@ -111,16 +129,16 @@ class PodmanRuntime:
         except (ValueError, OSError) as exc:
             raise RuntimeUnavailable(f"Podman endpoint {endpoint} is not usable: {exc}") from None
         try:
-            response = client.api.get("/_ping", timeout=PING_TIMEOUT)
-            if response.status_code != 200:
-                raise RuntimeUnavailable(f"Podman at {endpoint} answered the ping with HTTP "
-                                         f"{response.status_code}")
+            status = _ping(client)
         except requests.RequestException as exc:
             client.close()
             raise RuntimeUnavailable(
                 f"Podman does not answer at {endpoint}: {reason_of(exc)}",
                 hint="start the API service (`podman system service --time=0`), or point "
                      "CONTAINER_HOST (or opencti.daemon.podman.endpoint) at it") from None
+        if status != 200:
+            client.close()
+            raise RuntimeUnavailable(f"Podman at {endpoint} answered the ping with HTTP {status}")
         return cls(client, endpoint, settings)
 
     def close(self) -> None:
@@ -155,23 +173,24 @@ class PodmanRuntime:
         headers = {"X-Registry-Auth": encode_auth(credentials.engine_auth())}
         image_id: str | None = None
         with self._connection(f"pulling {reference}"):
-            response = self.client.api.post("/images/pull", params=params, headers=headers,
-                                            stream=True)
-            if response.status_code >= 400:
-                raise classify_pull_failure(_error_text(response), credentials)
-            for line in response.iter_lines():
-                if not line:
-                    continue
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if event.get("error"):
-                    raise classify_pull_failure(str(event["error"]), credentials)
-                if event.get("id"):
-                    image_id = str(event["id"])
-                elif progress is not None and event.get("stream"):
-                    progress(PullProgress(layer=None, status=str(event["stream"]).strip()))
+            # the streamed response is closed on every exit, errors included
+            with closing(self.client.api.post("/images/pull", params=params, headers=headers,
+                                              stream=True)) as response:
+                if response.status_code >= 400:
+                    raise classify_pull_failure(_error_text(response), credentials)
+                for line in response.iter_lines():
+                    if not line:
+                        continue
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    if event.get("error"):
+                        raise classify_pull_failure(str(event["error"]), credentials)
+                    if event.get("id"):
+                        image_id = str(event["id"])
+                    elif progress is not None and event.get("stream"):
+                        progress(PullProgress(layer=None, status=str(event["stream"]).strip()))
         if not image_id:
             raise RegistryError(f"Podman ended the pull of {reference} without an error and without "
                                 "an image: treating it as failed")
