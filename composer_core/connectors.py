@@ -80,6 +80,15 @@ def _env(where: str, raw: Any, problems: list[str]) -> dict[str, str]:
     return env
 
 
+def _claim(seen: dict[str, str], value: str, where: str, key: str, problems: list[str]) -> bool:
+    """Ids and names are unique across the file: the first entry claims one, later ones are problems."""
+    if value in seen:
+        problems.append(f"{where}.{key}: {value!r} is also the {key} of {seen[value]}")
+        return False
+    seen[value] = where
+    return True
+
+
 def parse_connectors(data: Any, path: str) -> list[Connector]:
     problems: list[str] = []
     if not isinstance(data, Mapping) or not isinstance(data.get("connectors"), list):
@@ -107,11 +116,8 @@ def parse_connectors(data: Any, path: str) -> list[Connector]:
             problems.append(f"{where}.id: required, letters, digits, '_', '.' or '-' "
                             f"(got {cid!r})")
             ok = False
-        elif cid in ids:
-            problems.append(f"{where}.id: duplicate of {ids[cid]}")
-            ok = False
         else:
-            ids[cid] = where
+            ok = _claim(ids, cid, where, "id", problems)
         name = entry.get("name")
         if name is None and ok and isinstance(cid, str):
             name = default_name(cid)
@@ -119,11 +125,8 @@ def parse_connectors(data: Any, path: str) -> list[Connector]:
             if name is not None or ok:
                 problems.append(f"{where}.name: invalid container name {name!r}")
             ok = False
-        elif name in names:
-            problems.append(f"{where}.name: {name!r} is also the name of {names[name]}")
-            ok = False
         else:
-            names[name] = where
+            ok = _claim(names, name, where, "name", problems) and ok
         image = entry.get("image")
         if not isinstance(image, str):
             problems.append(f"{where}.image: required, a string such as connector-misp:5.0.0")

@@ -46,7 +46,7 @@ def test_file_problems_are_all_listed(tmp_path: Path) -> None:
     with pytest.raises(InvalidConnectorsFile) as err:
         parse_connectors(data, "f.yaml")
     text = err.value.message
-    for expected in ("connectors[1] (id a1).id: duplicate of connectors[0] (id a1)",
+    for expected in ("connectors[1] (id a1).id: 'a1' is also the id of connectors[0] (id a1)",
                      "connectors[1] (id a1).image: invalid reference format",
                      "connectors[2] (id b1): unknown keys extra",
                      "connectors[2] (id b1).name: 'a1' is also the name of connectors[0]",
