@@ -168,3 +168,16 @@ def test_light_commands_do_not_import_engine_sdks(args: list[str], tmp_path: Pat
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                          timeout=60)
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-500:]
+
+
+def test_plugins_disabled_by_the_setting(run_cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings = tmp_path / "s.yaml"
+    settings.write_text("plugins: {disabled: [mirrors]}\n")
+    monkeypatch.setenv("PLUGINS__DISABLED", "keychain")  # the environment layer replaces the file's list
+    code, out, err = run_cli(["plugins", "--json"])
+    assert code == 0, err
+    rows = {r["name"]: r["status"] for r in json.loads(out)}
+    assert rows["keychain"] == "disabled" and rows["mirrors"] == "active"
+    monkeypatch.delenv("PLUGINS__DISABLED")
+    code, out, err = run_cli(["--config", str(settings), "plugins", "--json"])
+    assert {r["name"]: r["status"] for r in json.loads(out)}["mirrors"] == "disabled"
