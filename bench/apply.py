@@ -8,7 +8,7 @@ Needs the test bench (``scripts/bench-services up``). Per engine:
 1. **first apply** of ``--connectors`` connectors (the bench image from the *private* registry,
    credentials from the settings, distinct names and env), the image absent from the engine:
 
-   * ``composer``: :meth:`~composer_core.fleet.Reconciler.run_pass` in process, timed from the
+   * ``composer``: :meth:`~composer_core.fleet.reconcile.Reconciler.run_pass` in process, timed from the
      plugin manager and ``connect_runtime`` to the end of the pass (one list call, one pull, the
      deploys ``manager.max_parallel`` at a time);
    * ``cli loop``: ``sh -e`` running ``docker pull`` then ``docker run -d --name ... -e ...`` once
@@ -57,10 +57,11 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from composer_core.connectors import Connector, parse_connectors  # noqa: E402
-from composer_core.fleet import Pass, Reconciler  # noqa: E402
-from composer_core.manager import Plugins  # noqa: E402
-from composer_core.runtime import LABEL_CONNECTOR, LABEL_MANAGER, connect_runtime  # noqa: E402
+from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_MANAGER  # noqa: E402
+from composer_core.engine.select import connect_runtime  # noqa: E402
+from composer_core.fleet.connectors import Connector, parse_connectors  # noqa: E402
+from composer_core.fleet.reconcile import Pass, Reconciler  # noqa: E402
+from composer_core.pluginmanager import Plugins  # noqa: E402
 from composer_core.settings import Settings, load_settings  # noqa: E402
 from tests.bench import START_HINT, load_bench  # noqa: E402
 from tests.engine_helpers import CountingRuntime  # noqa: E402

@@ -4,7 +4,7 @@ Both read the same config.json, whose ``credsStore`` names a small deterministic
 (``docker-credential-benchstore``) that appends a line to a counter file on every execution, so that
 the helper executions of each side are counted, not assumed.
 
-* ours: :func:`composer_core.auth.resolve_credentials` through the real plugin manager and the default
+* ours: :func:`composer_core.auth.chain.resolve_credentials` through the real plugin manager and the default
   ``auth.chain`` (config -> docker-config -> keychain -> ...), the answer coming from the keychain
   provider;
 * docker-py: ``docker.auth.load_config(config_path=...)`` once, then
@@ -71,9 +71,9 @@ def timed(n: int, rounds: int, resolve: Callable[[], object], counter: Path) -> 
 
 
 def ours(environ: dict[str, str], tmp: Path) -> Callable[[], object]:
-    from composer_core.auth import resolve_credentials
-    from composer_core.images import resolve_image
-    from composer_core.manager import Plugins
+    from composer_core.auth.chain import resolve_credentials
+    from composer_core.images.resolve import resolve_image
+    from composer_core.pluginmanager import Plugins
     from composer_core.settings import load_settings
 
     settings = load_settings(environ={}, cwd=tmp)

@@ -8,7 +8,7 @@ three ways, in an order that rotates every round, timing only the deploys:
 
 * ``raw``: the SDK's own create + start calls (docker-py ``APIClient.create_container`` +
   ``start``; podman-py ``containers.create`` + ``Container.start``), the image already present;
-* ``composer``: one :class:`~composer_core.deploy.Deployer` for the batch, as a pass of the manager
+* ``composer``: one :class:`~composer_core.engine.deploy.Deployer` for the batch, as a pass of the manager
   deploys its connectors: image resolution, credential chain, one pull (a real registry round
   trip), then for each container an inspect (idempotence), create, start and a final inspect;
 * ``composer-pull-each``: a new Deployer per container, so every deploy also resolves the
@@ -36,9 +36,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from composer_core.deploy import Deployer  # noqa: E402
-from composer_core.manager import Plugins  # noqa: E402
-from composer_core.runtime import LABEL_MANAGER, connect_runtime  # noqa: E402
+from composer_core.engine.deploy import Deployer  # noqa: E402
+from composer_core.engine.labels import LABEL_MANAGER  # noqa: E402
+from composer_core.engine.select import connect_runtime  # noqa: E402
+from composer_core.pluginmanager import Plugins  # noqa: E402
 from composer_core.settings import Settings, load_settings  # noqa: E402
 from tests.bench import START_HINT, load_bench  # noqa: E402
 

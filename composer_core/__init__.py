@@ -2,7 +2,7 @@
 
 ``composer_core`` is the core: the hook contract (:mod:`composer_core.hookspecs`), the plugin
 manager, the value types, the settings, the credential chain, the deploy flow and the CLI. The
-built-in plugins live in ``plugins/`` and are registered exactly as third-party plugins are.
+built-in plugins live in ``composer_plugins/`` and are registered exactly as third-party plugins are.
 """
 
 import pluggy

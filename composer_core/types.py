@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from composer_core import redact
 
 if TYPE_CHECKING:
-    from composer_core.reference import ImageRef
+    from composer_core.images.reference import ImageRef
     from composer_core.settings import Settings
 
 MASK = "******"

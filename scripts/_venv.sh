@@ -8,5 +8,5 @@ ensure_venv() {
   printf '%s: installing xtm-composer%s\n' "${0##*/}" "${extras:+ [$extras]}" >&2
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}" 2>&1 \
     | grep -v "^WARNING: Location" >&2 || true
-  "$VENV/bin/python" -c "import composer_core, composer_docker" >/dev/null
+  "$VENV/bin/python" -c "import composer_core, composer_plugins.docker" >/dev/null
 }

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from composer_core import redact
-from composer_core.manager import Plugins
+from composer_core.pluginmanager import Plugins
 from composer_core.settings import Settings, load_settings
 
 # Fixtures shared by several test modules live beside their helpers; importing them here makes

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from composer_core.runtime import LABEL_MANAGER
+from composer_core.engine.labels import LABEL_MANAGER
 from composer_core.settings import Settings
 from composer_core.types import Runtime
 
@@ -169,7 +169,7 @@ def engine_settings(make_settings: Callable[..., Settings], engine: str,
 @pytest.fixture
 def connect(plugins: Any) -> Iterator[Callable[[Settings], Runtime]]:
     """Connect the runtime the settings select; every runtime is closed at teardown."""
-    from composer_core.runtime import connect_runtime
+    from composer_core.engine.select import connect_runtime
 
     opened: list[Runtime] = []
 

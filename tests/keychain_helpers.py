@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from composer_keychain import CACHE
 
-from composer_core import authfile
-from composer_core.reference import ImageRef
+from composer_core.auth import authfile
+from composer_core.images.reference import ImageRef
 from composer_core.settings import Settings
 from composer_core.types import CredentialRequest
+from composer_plugins.keychain import CACHE
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 

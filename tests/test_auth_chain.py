@@ -16,10 +16,10 @@ import pytest
 from click.testing import CliRunner
 
 from composer_core import logs
-from composer_core.auth import resolve_credentials
+from composer_core.auth.chain import resolve_credentials
 from composer_core.cli import cli
 from composer_core.errors import CredentialsError, SettingsError
-from composer_core.images import resolve_image
+from composer_core.images.resolve import resolve_image
 from tests.conftest import assert_no_secrets
 from tests.keychain_helpers import (
     BAD_ENTRY_SECRET,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from composer_containers_auth import auth_files, lookup
 
 from composer_core.types import Failed, Found, NotFound
+from composer_plugins.containers_auth import auth_files, lookup
 from tests.conftest import assert_no_secrets
 from tests.keychain_helpers import (
     PODMAN_PASSWORD,

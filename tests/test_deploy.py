@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from composer_core import hookimpl
-from composer_core.auth import resolve_credentials
-from composer_core.deploy import Deployer, config_hash, explain_pull_failure, parse_env, validate_name
+from composer_core.auth.chain import resolve_credentials
+from composer_core.engine.deploy import Deployer, config_hash, explain_pull_failure, parse_env, validate_name
+from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER
 from composer_core.errors import (
     AuthenticationRequired,
     ContainerError,
@@ -20,8 +21,7 @@ from composer_core.errors import (
     RegistryUnreachable,
     UsageError,
 )
-from composer_core.images import resolve_image
-from composer_core.runtime import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER
+from composer_core.images.resolve import resolve_image
 from composer_core.settings import Settings
 from composer_core.types import CredentialProvider, Credentials, Found
 from tests.conftest import assert_no_secrets
@@ -65,7 +65,7 @@ def test_parse_env_rejects_bad_pairs_without_echoing_values(pair: str) -> None:
 
 def test_secret_looking_env_values_are_masked_everywhere() -> None:
     from composer_core import redact
-    from composer_core.deploy import validate_env
+    from composer_core.engine.deploy import validate_env
 
     validate_env({"OPENCTI_TOKEN": "tok-123456", "MISP_API_KEY": "key-654321", "URL": "http://misp"})
     assert redact.scrub("tok-123456 key-654321 http://misp") == "****** ****** http://misp"

@@ -10,9 +10,9 @@ from base64 import b64encode
 from pathlib import Path
 
 import pytest
-from composer_docker_config import lookup
 
 from composer_core.types import Failed, Found, NotFound
+from composer_plugins.docker_config import lookup
 from tests.conftest import assert_no_secrets
 from tests.keychain_helpers import (
     BAD_ENTRY_SECRET,

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from composer_core.deploy import Deployer
+from composer_core.engine.deploy import Deployer
 from composer_core.errors import (
     AuthenticationRequired,
     CredentialsRejected,
@@ -36,7 +36,7 @@ from composer_core.errors import (
     RegistryUnreachable,
     RuntimeUnavailable,
 )
-from composer_core.reference import ImageRef
+from composer_core.images.reference import ImageRef
 from composer_core.settings import Settings
 from composer_core.types import Anonymous, Credentials
 from tests.conftest import assert_no_secrets
@@ -276,7 +276,7 @@ def test_podman_anonymous_pull_ignores_the_services_files(bench: Any, plugins: A
         image = client.images.pull(reference, tls_verify=False)
         assert getattr(image, "id", None)
     settings = engine_settings({"opencti.daemon.podman.endpoint": endpoint})
-    from composer_core.runtime import connect_runtime
+    from composer_core.engine.select import connect_runtime
 
     runtime = connect_runtime(settings, plugins)
     try:
@@ -417,10 +417,10 @@ def _answers_ping(path: str) -> bytes | None:
 def _connect_fake(engine_name: str, url: str, make_settings: Callable[..., Settings]) -> Any:
     settings = make_settings({"manager.id": "xtm-test-fake"})
     if engine_name == "docker":
-        from composer_docker.engine import DockerRuntime
+        from composer_plugins.docker.engine import DockerRuntime
 
         return DockerRuntime.connect(settings, {"DOCKER_HOST": url})
-    from composer_podman.engine import PodmanRuntime
+    from composer_plugins.podman.engine import PodmanRuntime
 
     return PodmanRuntime.connect(settings, {"CONTAINER_HOST": url})
 
@@ -433,7 +433,7 @@ FAKE_IMAGE = "127.0.0.1:5999/xtm-test/busybox:1.0"
 def test_read_timeout_is_a_composer_error(engine_name: str, fake_daemon: Any,
                                           make_settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A daemon that accepts and never answers: requests.ReadTimeout is not a ConnectionError."""
-    monkeypatch.setattr(f"composer_{engine_name}.engine.CALL_TIMEOUT", 0.5)
+    monkeypatch.setattr(f"composer_plugins.{engine_name}.engine.CALL_TIMEOUT", 0.5)
     daemon = fake_daemon(lambda method, path, headers: _answers_ping(path) or (b"", HOLD))
     runtime = _connect_fake(engine_name, daemon.url, make_settings)
     try:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from composer_core.connectors import InvalidConnectorsFile, load_connectors, parse_connectors
-from composer_core.fleet import Reconciler, plan
-from composer_core.runtime import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER
+from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER
+from composer_core.fleet.connectors import InvalidConnectorsFile, load_connectors, parse_connectors
+from composer_core.fleet.reconcile import Reconciler, plan
 from composer_core.timestamps import seconds_since
 from composer_core.types import ContainerInfo
 from tests.conftest import assert_no_secrets
@@ -87,7 +87,7 @@ def _info(name: str, cid: str | None, status: str, digest: str = "old", manager_
 
 
 def test_plan_covers_every_action(make_settings, plugins) -> None:
-    from composer_core.deploy import config_hash
+    from composer_core.engine.deploy import config_hash
 
     settings = make_settings({"manager.id": "m"})
     connectors = parse_connectors({"connectors": [
@@ -332,7 +332,7 @@ def _wait_for(condition: Any, timeout: float = 30) -> None:
 @pytest_integration
 def test_a_connector_restarting_in_a_loop_is_reported(engine, bench, manager, engine_settings, plugins,
                                                       connect) -> None:
-    from composer_core.deploy import Deployer
+    from composer_core.engine.deploy import Deployer
 
     settings = engine_settings()
     runtime = connect(settings)

@@ -8,7 +8,7 @@ import pytest
 
 from composer_core import hookimpl
 from composer_core.errors import ComposerError, InvalidImage, SettingsError
-from composer_core.images import resolve_image
+from composer_core.images.resolve import resolve_image
 from composer_core.types import ImageResolver, Rewrite
 
 REG = {"opencti.daemon.docker.registry.url": "localhost:5000"}

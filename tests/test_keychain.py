@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from composer_keychain import CACHE, lookup
 
-from composer_core.auth import forget_rejected, resolve_credentials
+from composer_core.auth.chain import forget_rejected, resolve_credentials
 from composer_core.errors import CredentialsError
-from composer_core.images import resolve_image
+from composer_core.images.resolve import resolve_image
 from composer_core.types import Failed, Found, NotFound
+from composer_plugins.keychain import CACHE, lookup
 from tests.conftest import assert_no_secrets
 from tests.keychain_helpers import (
     GARBAGE_SECRET,

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from composer_core.cli import cli
 from composer_core.errors import PluginError
-from composer_core.manager import Plugins
+from composer_core.pluginmanager import Plugins
 from tests import fakedist
 
 BUILTINS = {"registry-prefix", "mirrors", "config", "docker-config", "keychain", "containers-auth",
@@ -108,8 +108,8 @@ def test_duplicate_plugin_names_across_distributions(tmp_path: Path, monkeypatch
 
 
 def test_disabled_provider_is_skipped_in_the_chain(make_settings, tmp_path: Path) -> None:
-    from composer_core.auth import resolve_credentials
-    from composer_core.images import resolve_image
+    from composer_core.auth.chain import resolve_credentials
+    from composer_core.images.resolve import resolve_image
 
     manager = Plugins(disabled=["keychain"], entry_point_filter=dists())
     settings = make_settings()

@@ -1,4 +1,4 @@
-"""Tests for composer_core.reference: grammar tables, normalisation and properties."""
+"""Tests for composer_core.images.reference: grammar tables, normalisation and properties."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from composer_core.reference import (
+from composer_core.images.reference import (
     ImageRef,
     InvalidReference,
     InvalidRegistryURL,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from composer_core.deploy import Deployer
+from composer_core.engine.deploy import Deployer
 from tests.conftest import assert_no_secrets
 from tests.engine_helpers import (
     create_unmanaged,

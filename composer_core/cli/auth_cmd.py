@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from composer_core.auth import resolve_credentials
+from composer_core.auth.chain import resolve_credentials
 from composer_core.cli.context import get_app
 from composer_core.cli.output import emit_json, json_option
-from composer_core.images import resolve_image
+from composer_core.images.resolve import resolve_image
 from composer_core.redact import scrub
 
 

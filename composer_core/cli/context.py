@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from composer_core import logs
-from composer_core.manager import Plugins
+from composer_core.pluginmanager import Plugins
 from composer_core.settings import Settings, load_settings, name_list
 
 TRUTHY = ("1", "true", "yes", "on")

@@ -43,10 +43,10 @@ def apply_command(path: str, dry_run: bool, stop_timeout: int, as_json: bool) ->
     """One reconciliation pass: deploy the missing, replace the changed, start or stop per
     status, remove the managed containers whose connector left the file. Containers without this
     manager's label are never touched. Exits 14 when an action failed, after doing all others."""
-    from composer_core.connectors import load_connectors
+    from composer_core.engine.select import connect_runtime
     from composer_core.errors import ApplyFailed
-    from composer_core.fleet import Reconciler
-    from composer_core.runtime import connect_runtime
+    from composer_core.fleet.connectors import load_connectors
+    from composer_core.fleet.reconcile import Reconciler
 
     app = get_app()
     connectors = load_connectors(path)  # the whole file is valid before any engine call
@@ -74,7 +74,7 @@ class _FileWatch:
     """Re-reads the connectors file when it changes; an invalid new version keeps the last good one."""
 
     def __init__(self, path: str) -> None:
-        from composer_core.connectors import load_connectors
+        from composer_core.fleet.connectors import load_connectors
 
         self.path = Path(path)
         self._load = load_connectors
@@ -111,9 +111,9 @@ def run_command(path: str, stop_timeout: int) -> None:
     """Repeat `apply` every manager.execute_schedule seconds, re-reading FILE when it changes.
     SIGTERM or SIGINT: the current actions finish, then it exits cleanly. Engine or registry
     outages are logged and retried at the next cycle."""
+    from composer_core.engine.select import connect_runtime
     from composer_core.errors import ComposerError
-    from composer_core.fleet import Reconciler
-    from composer_core.runtime import connect_runtime
+    from composer_core.fleet.reconcile import Reconciler
 
     app = get_app()
     watch = _FileWatch(path)

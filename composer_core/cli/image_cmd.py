@@ -6,7 +6,7 @@ import click
 
 from composer_core.cli.context import get_app
 from composer_core.cli.output import emit_json, json_option
-from composer_core.images import resolve_image
+from composer_core.images.resolve import resolve_image
 
 
 @click.group(name="image")

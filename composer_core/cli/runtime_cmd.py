@@ -23,7 +23,7 @@ from composer_core.types import Runtime
 
 @contextmanager
 def connected() -> Iterator[tuple[Any, Runtime]]:
-    from composer_core.runtime import connect_runtime
+    from composer_core.engine.select import connect_runtime
 
     app = get_app()
     runtime = connect_runtime(app.settings, app.plugins, app.runtime_override)
@@ -34,8 +34,8 @@ def connected() -> Iterator[tuple[Any, Runtime]]:
 
 
 def _deployer(app: Any, runtime: Runtime, as_json: bool, stop_timeout: int = 10) -> Any:
-    from composer_core import progress
-    from composer_core.deploy import Deployer
+    from composer_core.engine import progress
+    from composer_core.engine.deploy import Deployer
 
     return Deployer(runtime, app.settings, app.plugins, stop_timeout=stop_timeout,
                     progress=progress.factory(progress.wanted(as_json)))
@@ -70,7 +70,7 @@ def deploy_command(image: str, name: str, env: tuple[str, ...], connector_id: st
                    stop_timeout: int, as_json: bool) -> None:
     """Deploy IMAGE as container NAME: pull, create, start. Same config: nothing to do; changed
     config: the container is replaced (the old one stays until the new one is ready)."""
-    from composer_core.deploy import parse_env, validate_name
+    from composer_core.engine.deploy import parse_env, validate_name
 
     validate_name(name)
     variables = parse_env(env)
@@ -92,7 +92,7 @@ def deploy_command(image: str, name: str, env: tuple[str, ...], connector_id: st
 @json_option
 def ps_command(as_json: bool) -> None:
     """List the containers this manager manages (label opencti-manager=<manager.id>)."""
-    from composer_core.runtime import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER, manager_id
+    from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER, manager_id
 
     with connected() as (app, runtime):
         manager = manager_id(app.settings)
@@ -119,13 +119,13 @@ def logs_command(name: str, tail: int | None) -> None:
 
 
 def _managed(runtime: Runtime, app: Any, name: str) -> Any:
-    from composer_core.runtime import managed_container, manager_id
+    from composer_core.engine.labels import managed_container, manager_id
 
     return managed_container(runtime, name, manager_id(app.settings))
 
 
 def _name(name: str) -> str:
-    from composer_core.deploy import validate_name
+    from composer_core.engine.deploy import validate_name
 
     return validate_name(name)
 

@@ -1,0 +1,390 @@
+"""The deploy flow: image -> credentials -> pull with exactly that credential -> create -> start.
+
+:class:`Deployer` is what the CLI (and any loop deploying many connectors) uses:
+
+1. resolve the image (the resolvers of ``images.resolvers``);
+2. resolve its credentials (the providers of ``auth.chain``): one credential, or anonymous;
+3. pull with at most that one credential, scoped to the image's registry (an anonymous pull sends
+   an explicitly empty auth, so that no engine falls back to credentials of its own);
+4. create the container with its name, env and labels (``opencti-manager``,
+   ``opencti-connector-id`` and ``opencti-config-hash``, a hash of the resolved image and the env);
+5. start it.
+
+Deploying is idempotent: the same name with the same config hash does nothing (it only starts a
+stopped container). A changed hash replaces the container without ever leaving a half-made one or
+a stopped old one behind: the new image is pulled and the new container created *before* the old
+one is touched, and a failure after that rolls back to the old container.
+
+A pull failure becomes one readable, typed error with the engine's own text, what was sent, the
+credential trace and the remedy (:func:`explain_pull_failure`). Env values are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from composer_core import redact
+from composer_core.auth.chain import Resolution, forget_rejected, resolve_credentials
+from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER, is_managed, manager_id
+from composer_core.engine.progress import ProgressFactory, no_progress
+from composer_core.engine.tls import insecure_key
+from composer_core.errors import (
+    AuthenticationRequired,
+    ComposerError,
+    ContainerError,
+    CredentialsRejected,
+    ImageNotFound,
+    InsecureRegistryNotAllowed,
+    RegistryError,
+    RegistryTLSError,
+    RegistryUnreachable,
+    UsageError,
+)
+from composer_core.images.resolve import resolve_image
+from composer_core.pluginmanager import Plugins
+from composer_core.settings import Settings
+from composer_core.types import ContainerInfo, ContainerSpec, ResolvedImage, Runtime
+
+log = logging.getLogger("xtm_composer.deploy")
+
+NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+#: env variables whose values are registered with the redactor (masked in any output)
+SECRET_ENV = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|API_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I)
+Action = Literal["created", "replaced", "unchanged", "started"]
+
+
+# --- input ------------------------------------------------------------------------------------
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise UsageError(f"invalid container name {name!r}",
+                         hint="a name is at least 2 characters of letters, digits, '_', '.' or "
+                              "'-', starting with a letter or a digit")
+    return name
+
+
+def validate_env(env: Mapping[str, str]) -> dict[str, str]:
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise UsageError(f"invalid environment variable name {key!r}",
+                             hint="use --env KEY=VALUE with a non-empty KEY without '='")
+        if not isinstance(value, str):
+            raise UsageError(f"environment variable {key} must be a string")
+        if SECRET_ENV.search(key):
+            redact.register(value)
+    return dict(env)
+
+
+def parse_env(pairs: Iterable[str]) -> dict[str, str]:
+    """``["K=V", ...]`` -> ``{"K": "V"}``; the value may contain ``=``, the key may not."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            # never echo the pair: its value may be a secret
+            raise UsageError(f"invalid --env {key if sep else '(no =)'!r}: expected KEY=VALUE",
+                             hint="for example --env OPENCTI_URL=http://opencti:8080")
+        env[key] = value
+    return validate_env(env)
+
+
+def config_hash(reference: str, env: Mapping[str, str],
+                command: Sequence[str] | None = None) -> str:
+    """sha256 of a canonical JSON of the resolved image and the sorted env (and the command)."""
+    data: dict[str, Any] = {"image": reference, "env": sorted([k, v] for k, v in env.items())}
+    if command:
+        data["command"] = list(command)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PullResult:
+    image: ResolvedImage
+    resolution: Resolution
+    runtime: str
+    image_id: str
+
+    @property
+    def reference(self) -> str:
+        return self.image.ref.normalized()
+
+    def to_dict(self) -> dict[str, Any]:
+        creds = self.resolution.credentials
+        return {"runtime": self.runtime, "image": self.image.input, "resolved": self.reference,
+                "registry": self.resolution.registry, "image_id": self.image_id,
+                "source": creds.source, "username": creds.username,
+                "key": getattr(creds, "key", None)}
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    action: Action
+    container: ContainerInfo
+    image: ResolvedImage
+    runtime: str
+    config_hash: str
+    pull: PullResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"runtime": self.runtime, "action": self.action, "name": self.container.name,
+                "id": self.container.id, "image": self.image.input,
+                "resolved": self.image.ref.normalized(), "status": self.container.status,
+                "config_hash": self.config_hash,
+                "source": self.pull.resolution.source if self.pull else None}
+
+
+# --- pull failures ----------------------------------------------------------------------------
+
+
+def _sent(resolution: Resolution) -> str:
+    creds = resolution.credentials
+    if creds.anonymous:
+        return "no credentials (anonymous pull)"
+    who = f"user {creds.username!r}" if creds.username else "an identity token"
+    key = getattr(creds, "key", None)
+    return f"{who} from provider {creds.source!r}" + (f" (matched {key})" if key else "")
+
+
+def explain_pull_failure(exc: RegistryError, resolution: Resolution, runtime: str) -> RegistryError:
+    """The same error type with one readable message: headline, the engine's own text, what was
+    sent, the credential trace; and the remedy as hint."""
+    registry = resolution.registry
+    image = resolution.image.ref.normalized()
+    creds = resolution.credentials
+    engine_text = redact.scrub(exc.message)
+    hint = exc.hint
+    if isinstance(exc, InsecureRegistryNotAllowed):
+        headline = engine_text
+    elif isinstance(exc, AuthenticationRequired):
+        headline = (f"authentication required: {registry} refused the pull of {image}, which was "
+                    f"anonymous because no credential provider had credentials for {registry}")
+        hint = (f"add username/password for {registry} to the settings "
+                f"(opencti.daemon.docker.registry or registries), or run `docker login {registry}`")
+    elif isinstance(exc, CredentialsRejected):
+        where = getattr(creds, "file", None) or getattr(creds, "key", None)
+        headline = (f"unauthorized: {registry} rejected the credentials ({_sent(resolution)}) "
+                    f"for {image}")
+        hint = (f"verify them with `docker login {registry}`, then fix them in provider "
+                f"{creds.source!r}" + (f" ({where})" if where else ""))
+    elif isinstance(exc, RegistryUnreachable):
+        headline = f"registry {registry} is unreachable: the pull of {image} failed"
+        hint = ("check the registry URL (the image name, opencti.daemon.docker.registry.url) and "
+                "the network between the engine and the registry")
+    elif isinstance(exc, RegistryTLSError) and "http response to https" in engine_text.lower():
+        headline = f"TLS expected, but {registry} answered in plain HTTP: the pull of {image} failed"
+        hint = (f"set insecure: true for {registry} in opencti.daemon.docker.registry or registries "
+                "(with Docker, the daemon must list it in insecure-registries too)")
+    elif isinstance(exc, RegistryTLSError):
+        headline = f"TLS verification of {registry} failed: the pull of {image} failed"
+        hint = (f"trust the registry's CA on the engine host (/etc/docker/certs.d/{registry}/ca.crt, "
+                f"/etc/containers/certs.d/{registry}/ca.crt), or set insecure: true for "
+                f"{registry} (not for production)")
+    elif isinstance(exc, ImageNotFound):
+        headline = f"{image} was not found at {registry}"
+        hint = "check the image name and tag (`xtm-composer image resolve IMAGE`)"
+    else:
+        headline = f"pulling {image} failed"
+    trace = "\n    ".join(resolution.trace_lines()) or "(no provider asked)"
+    lines = [headline]
+    if engine_text != headline:
+        lines.append(f"  {runtime} said: {engine_text}")
+    lines += [f"  credentials sent: {_sent(resolution)}", f"  credential chain:\n    {trace}"]
+    return type(exc)(redact.scrub("\n".join(lines)), hint=redact.scrub(hint) if hint else None)
+
+
+# --- the flow ---------------------------------------------------------------------------------
+
+
+def _quietly(what: str, action: Callable[[], object]) -> bool:
+    """Run a rollback or cleanup step; a failure is logged, never hides the original error."""
+    try:
+        action()
+        return True
+    except ComposerError as exc:
+        log.warning("%s failed: %s", what, redact.scrub(exc.message))
+        return False
+
+
+class Deployer:
+    """Deploys containers onto one connected runtime with one set of settings.
+
+    A deployer pulls each resolved image at most once (a pass deploying twenty connectors of the
+    same image pulls it once); create a new one to pull again.
+    """
+
+    def __init__(self, runtime: Runtime, settings: Settings, plugins: Plugins, *,
+                 progress: ProgressFactory | None = None, environ: Mapping[str, str] | None = None,
+                 stop_timeout: int = 10) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.plugins = plugins
+        self.progress = progress or no_progress
+        self.environ = environ
+        self.stop_timeout = stop_timeout
+        self.manager = manager_id(settings)
+        self._pulled: dict[str, PullResult] = {}
+
+    # --- pull -------------------------------------------------------------------------------
+
+    def pull(self, image: str) -> PullResult:
+        return self._pull(resolve_image(image, self.settings, self.plugins), "Pulling image")
+
+    def _pull(self, resolved: ResolvedImage, what: str) -> PullResult:
+        reference = resolved.ref.normalized()
+        if reference in self._pulled:
+            log.debug("%s already pulled by this deployer", reference)
+            return self._pulled[reference]
+        log.info("%s - Registry: %s, Original image: %s, Pulling: %s", what, resolved.ref.registry,
+                 resolved.input, resolved.pull_name)
+        resolution = resolve_credentials(resolved, self.settings, self.plugins, self.environ)
+        creds = resolution.credentials
+        log.debug("Pull credentials - Source: %s, Key: %s, User: %s", creds.source,
+                  getattr(creds, "key", None), creds.username)
+        tls_verify = insecure_key(self.settings, resolution.registry) is None
+        try:
+            with self.progress(resolved.pull_name) as callback:
+                image_id = self.runtime.pull(resolved.ref, creds, tls_verify=tls_verify,
+                                             progress=callback)
+        except RegistryError as exc:
+            if isinstance(exc, CredentialsRejected):
+                forget_rejected(resolution, self.plugins)
+            raise explain_pull_failure(exc, resolution, self.runtime.name) from None
+        result = PullResult(resolved, resolution, self.runtime.name, image_id)
+        self._pulled[reference] = result
+        return result
+
+    # --- deploy -----------------------------------------------------------------------------
+
+    def deploy(self, image: str, name: str, env: Mapping[str, str] | None = None, *,
+               connector_id: str | None = None, command: Sequence[str] | None = None,
+               start: bool = True) -> DeployResult:
+        """Deploy ``image`` as container ``name``; ``start=False`` leaves a new or replacing
+        container created but stopped (a connector whose requested status is stopped)."""
+        name = validate_name(name)
+        env = validate_env(env or {})
+        resolved = resolve_image(image, self.settings, self.plugins)
+        reference = resolved.ref.normalized()
+        digest = config_hash(reference, env, command)
+        labels = {LABEL_MANAGER: self.manager, LABEL_CONNECTOR: connector_id or name,
+                  LABEL_HASH: digest}
+        existing = self.runtime.inspect(name)
+        if existing is not None and not is_managed(existing, self.manager):
+            raise ContainerError(
+                f"a container named {name!r} exists on {self.runtime.name} and is not managed by "
+                f"this manager ({LABEL_MANAGER}={self.manager}): it is left alone",
+                hint="choose another --name, or remove that container yourself")
+        if existing is not None and all(existing.labels.get(k) == v for k, v in labels.items()):
+            return self._unchanged(existing, resolved, digest, start)
+        pulled = self._pull(resolved, "Deploying container")
+        log.debug("Container %s - env keys: %s", name, ", ".join(sorted(env)) or "(none)")
+        spec = ContainerSpec(name=name, image=reference, env=env, labels=labels,
+                             command=tuple(command) if command else None)
+        if existing is None:
+            self._create_and_start(spec, start)
+            action: Action = "created"
+        else:
+            self._replace(existing, spec, start)
+            action = "replaced"
+        info = self.runtime.inspect(name)
+        if info is None:
+            raise ContainerError(f"container {name!r} vanished right after it was started")
+        log.info("Container %s %s%s (image %s, config hash %s)", name, action,
+                 " and started" if start else ", left stopped", reference, digest[:12])
+        return DeployResult(action, info, resolved, self.runtime.name, digest, pulled)
+
+    def _unchanged(self, existing: ContainerInfo, resolved: ResolvedImage,
+                   digest: str, start: bool = True) -> DeployResult:
+        if existing.status == "running" or not start:
+            log.info("Container %s is up to date (config hash %s): nothing to do", existing.name,
+                     digest[:12])
+            return DeployResult("unchanged", existing, resolved, self.runtime.name, digest)
+        log.info("Container %s is up to date but %s: starting it", existing.name, existing.status)
+        self.runtime.start(existing.name)
+        info = self.runtime.inspect(existing.name) or existing
+        return DeployResult("started", info, resolved, self.runtime.name, digest)
+
+    def _create_and_start(self, spec: ContainerSpec, start: bool = True) -> None:
+        try:
+            created = self.runtime.create(spec)
+        except ComposerError:
+            self._discard_half_made(spec)
+            raise
+        if not start:
+            return
+        try:
+            self.runtime.start(spec.name)
+        except ComposerError:
+            _quietly(f"removing container {spec.name!r} that failed to start",
+                     lambda: self.runtime.remove(created.id, force=True))
+            raise
+
+    def _discard_half_made(self, spec: ContainerSpec) -> None:
+        # Only a container carrying exactly our labels can be ours: never remove another one.
+        found = self.runtime.inspect(spec.name)
+        if found is not None and dict(found.labels).items() >= dict(spec.labels).items():
+            _quietly(f"removing half-made container {spec.name!r}",
+                     lambda: self.runtime.remove(found.id, force=True))
+
+    def _replace(self, old: ContainerInfo, spec: ContainerSpec, start: bool = True) -> None:
+        runtime = self.runtime
+        token = secrets.token_hex(4)
+        staged = replace(spec, name=f"{spec.name}-xtm-new-{token}")
+        backup = f"{spec.name}-xtm-old-{token}"
+        was_running = old.status in ("running", "restarting")
+        # 1. the new container exists before the old one is touched
+        created = self._create_staged(staged)
+        # 2. the old one steps aside (stopped, renamed); 3. the new one takes the name and starts
+        step = "stopping the old container"
+        renamed_old = False
+        try:
+            if was_running:
+                runtime.stop(old.id, timeout=self.stop_timeout)
+            step = "renaming the old container"
+            runtime.rename(old.id, backup)
+            renamed_old = True
+            step = "renaming the new container"
+            runtime.rename(staged.name, spec.name)
+            if start:
+                step = "starting the new container"
+                runtime.start(spec.name)
+        except ComposerError:
+            log.warning("Replacing %s failed while %s: rolling back to the old container",
+                        spec.name, step)
+            _quietly("removing the new container", lambda: runtime.remove(created.id, force=True))
+            if renamed_old:
+                _quietly("giving the old container its name back",
+                         lambda: runtime.rename(old.id, spec.name))
+            if was_running:
+                _quietly("restarting the old container", lambda: runtime.start(old.id))
+            raise
+        # 4. the old one goes
+        _quietly(f"removing the old container (now {backup!r})",
+                 lambda: runtime.remove(old.id, force=True))
+
+    def _create_staged(self, staged: ContainerSpec) -> ContainerInfo:
+        try:
+            return self.runtime.create(staged)
+        except ComposerError:
+            self._discard_half_made(staged)
+            raise
+
+
+def deploy(runtime: Runtime, settings: Settings, plugins: Plugins, image: str, name: str,
+           env: Mapping[str, str] | None = None, **options: Any) -> DeployResult:
+    """One deploy with a fresh :class:`Deployer` (which pulls the image)."""
+    deployer_options = {k: options.pop(k) for k in ("progress", "environ", "stop_timeout")
+                        if k in options}
+    return Deployer(runtime, settings, plugins, **deployer_options).deploy(image, name, env,
+                                                                          **options)

@@ -1,0 +1,37 @@
+"""What marks a container as ours: the labels every managed container carries, and the checks that
+keep xtm-composer away from containers it does not manage."""
+
+from __future__ import annotations
+
+from composer_core.errors import ContainerNotFound
+from composer_core.settings import Settings
+from composer_core.types import ContainerInfo, Runtime
+
+#: The labels every container we create carries (the first two as XTM Composer sets them).
+LABEL_MANAGER = "opencti-manager"
+LABEL_CONNECTOR = "opencti-connector-id"
+LABEL_HASH = "opencti-config-hash"
+
+
+def manager_id(settings: Settings) -> str:
+    return str(settings.get("manager.id"))
+
+
+def is_managed(info: ContainerInfo, manager: str) -> bool:
+    return info.labels.get(LABEL_MANAGER) == manager
+
+
+def managed_container(runtime: Runtime, name: str, manager: str) -> ContainerInfo:
+    """The container ``name`` if this manager manages it; :class:`ContainerNotFound` otherwise."""
+    info = runtime.inspect(name)
+    if info is None:
+        raise ContainerNotFound(f"no container named {name!r} on {runtime.name}",
+                                hint="`xtm-composer ps` lists the containers of this manager")
+    if not is_managed(info, manager):
+        owner = info.labels.get(LABEL_MANAGER)
+        whose = f"manager {owner!r}" if owner else "no xtm-composer manager"
+        raise ContainerNotFound(
+            f"container {name!r} on {runtime.name} is not managed by this manager "
+            f"({LABEL_MANAGER}={manager}); it belongs to {whose}, so it is left alone",
+            hint="xtm-composer only touches containers labelled with its manager.id")
+    return info

@@ -1,0 +1,59 @@
+"""Choosing and connecting the container engine.
+
+:func:`connect_runtime` turns ``--runtime`` / ``opencti.daemon.selector`` into a connected
+:class:`~composer_core.types.Runtime`: a named backend, or ``auto``, which tries ``docker`` then
+``podman`` and uses the first that answers (and says which).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from composer_core.errors import ComposerError, RuntimeUnavailable, SettingsError
+from composer_core.pluginmanager import Plugins
+from composer_core.settings import Settings
+from composer_core.types import Runtime
+
+log = logging.getLogger("xtm_composer.runtime")
+
+AUTO = "auto"
+#: ``auto`` asks these engines, in this order.
+AUTO_ORDER = ("docker", "podman")
+SELECTOR = "opencti.daemon.selector"
+
+
+def selected_name(settings: Settings, override: str | None = None) -> str:
+    return (override or str(settings.get(SELECTOR, AUTO) or AUTO)).strip()
+
+
+def connect_runtime(settings: Settings, plugins: Plugins, override: str | None = None) -> Runtime:
+    """Connect the engine named by ``override`` (``--runtime``) or the selector setting."""
+    name = selected_name(settings, override)
+    backends = plugins.runtime_backends()
+    if name != AUTO:
+        if name not in backends:
+            origin = "--runtime" if override else f"{SELECTOR} (from {settings.source(SELECTOR)})"
+            raise SettingsError(f"{origin}: unknown runtime {name!r}",
+                                hint=f"available: {', '.join([AUTO, *sorted(backends)])}")
+        runtime = backends[name].connect(settings)
+        log.debug("runtime %s at %s", runtime.name, runtime.endpoint)
+        return runtime
+    tried: list[str] = []
+    for candidate in AUTO_ORDER:
+        backend = backends.get(candidate)
+        if backend is None:
+            tried.append(f"{candidate}: no such runtime plugin (disabled or failed to load)")
+            continue
+        try:
+            runtime = backend.connect(settings)
+        except ComposerError as exc:
+            tried.append(f"{candidate}: {exc.message}")
+            continue
+        log.info("runtime auto: using %s at %s", runtime.name, runtime.endpoint)
+        return runtime
+    raise RuntimeUnavailable(
+        "no container engine answers (selector auto tried " + ", ".join(AUTO_ORDER) + "):\n    "
+        + "\n    ".join(tried),
+        hint="start Docker or the Podman API service (`podman system service`), or point "
+             "DOCKER_HOST / CONTAINER_HOST (or opencti.daemon.docker.endpoint / "
+             "opencti.daemon.podman.endpoint) at it")

@@ -1,0 +1,29 @@
+"""Built-in runtime backend ``docker``: Docker Engine through the Docker SDK for Python.
+
+Endpoint: ``opencti.daemon.docker.endpoint`` when set, else ``DOCKER_HOST`` (with
+``DOCKER_TLS_VERIFY`` / ``DOCKER_CERT_PATH``), else the default socket ``/var/run/docker.sock``.
+The SDK is imported only when a command connects (``xtm-composer --help`` never loads it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from composer_core import hookimpl
+from composer_core.types import RuntimeBackend
+
+if TYPE_CHECKING:
+    from composer_core.settings import Settings
+    from composer_core.types import Runtime
+
+
+def connect(settings: Settings) -> Runtime:
+    from composer_plugins.docker.engine import DockerRuntime
+
+    return DockerRuntime.connect(settings)
+
+
+@hookimpl
+def composer_runtime_backends() -> RuntimeBackend:
+    return RuntimeBackend(name="docker", connect=connect,
+                          description="Docker Engine (DOCKER_HOST, Docker SDK for Python)")

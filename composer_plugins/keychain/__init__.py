@@ -1,0 +1,137 @@
+"""Built-in credential provider ``keychain``: the Docker credential helpers, i.e. the OS keychain.
+
+config.json (the one ``docker-config`` reads) names the helper: ``credHelpers[registry]``, else
+``credsStore``. We run ``docker-credential-NAME get`` with the server URL on stdin (Docker Hub:
+``https://index.docker.io/v1/``), found on the request's PATH, with the request's environment.
+
+Fail-soft with a record (the complaints this closes: a missing ``desktop`` helper breaking every
+pull, a non-standard "not found" treated as fatal, a locked keychain stalling pulls forever): a helper
+that is missing, fails, prints garbage or outlives ``auth.helper_timeout`` is an error of this step,
+and the chain goes on, unless ``auth.strict_helpers: true`` makes it fatal. Answers are cached
+(:mod:`composer_plugins.keychain.cache`); the detail says whether the helper ran or the cache answered.
+Helper output never reaches a detail or a log beyond the protocol's standard texts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+from composer_core import hookimpl
+from composer_core.auth.authfile import AuthFile, read_docker_config
+from composer_core.auth.registries import canonical_host, helper_server_url
+from composer_core.settings import Settings
+from composer_core.types import (
+    CredentialProvider,
+    CredentialRequest,
+    Credentials,
+    Failed,
+    Found,
+    LookupResult,
+    NotFound,
+)
+from composer_plugins.keychain.cache import HelperCache
+from composer_plugins.keychain.choose import Choice, choose_helper
+from composer_plugins.keychain.helper import HelperAnswer, find_helper, run_get
+
+NAME = "keychain"
+PROGRAM = "docker-credential-"
+log = logging.getLogger("xtm_composer.auth.keychain")
+
+#: Process-wide: every resolution of every thread shares it. ``CACHE.clear()`` in tests.
+CACHE: HelperCache[HelperAnswer] = HelperCache()
+
+
+def _ttl_of(settings: Settings) -> Callable[[HelperAnswer], float]:
+    hit = float(settings.get("auth.cache_ttl", 300))
+    miss = float(settings.get("auth.cache_miss_ttl", 30))
+    # an error is kept as long as a miss: a hanging helper then stalls one pull per TTL, not all
+    return lambda answer: hit if answer.outcome == "found" else miss
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What config.json says for one registry, worked out once per file version."""
+
+    choice: Choice
+    registry: str
+    server_url: str
+    via: str = ""  # "docker-credential-NAME (credsStore in /path/config.json)"
+    key: str = ""  # the answer's Credentials.key
+    notes: str = ""
+
+
+def _plan(config: AuthFile, registry: str) -> Plan:
+    choice = choose_helper(config.data, registry)
+    notes = "".join(f"; {note}" for note in choice.notes)
+    server_url = helper_server_url(registry)
+    if choice.name is None:
+        return Plan(choice, registry, server_url, notes=notes)
+    program = PROGRAM + choice.name
+    return Plan(choice, registry, server_url, f"{program} ({choice.origin} in {config.path})",
+                f"{choice.origin} -> {program}", notes)
+
+
+def lookup(request: CredentialRequest) -> LookupResult:
+    config = read_docker_config(request.environ)
+    if isinstance(config, NotFound):
+        return NotFound(f"{config.reason}, so no credsStore or credHelpers")
+    if isinstance(config, Failed):
+        return config
+    path = config.path
+    plan = config.memo.get((NAME, request.registry))
+    if plan is None:
+        plan = config.memo[(NAME, request.registry)] = _plan(config, canonical_host(request.registry))
+    choice = plan.choice
+    if choice.name is None:
+        if choice.error:
+            return Failed(f"{path}: {choice.reason}{plan.notes}", fatal=_strict(request))
+        return NotFound(f"{path}: {choice.reason}{plan.notes}")
+    key = (choice.name, plan.server_url, request.environ.get("PATH"))
+    cached: tuple[HelperAnswer, float | None] | None = CACHE.get(key)  # the hot path: a dict lookup
+    if cached is None:
+        executable = find_helper(choice.name, request.environ)
+        if executable is None:
+            return Failed(f"{plan.via} is not on PATH; install it or remove {choice.origin} from "
+                          f"{path}{plan.notes}", fatal=_strict(request))
+        timeout = float(request.settings.get("auth.helper_timeout", 10))
+        log.debug("running %s get for %s (timeout %g s)", executable, plan.server_url, timeout)
+        cached = CACHE.get_or_run(
+            key, lambda: run_get(executable, plan.server_url, request.environ, timeout),
+            _ttl_of(request.settings))
+    answer, remaining = cached
+    when = (f"from cache (expires in {remaining:.0f} s)" if remaining is not None
+            else f"helper ran ({answer.seconds:.2f} s)")
+    detail = f"{plan.via} for {plan.server_url}: {answer.detail}; {when}{plan.notes}"
+    if answer.outcome == "not-found":
+        return NotFound(detail)
+    if answer.outcome == "error":
+        return Failed(detail, fatal=_strict(request))
+    token = answer.identity_token
+    credentials = Credentials(registry=plan.registry, source=NAME, username=answer.username,
+                              password=None if token else answer.secret,
+                              identity_token=answer.secret if token else None, key=plan.key, file=path)
+    return Found(credentials, detail)
+
+
+def _strict(request: CredentialRequest) -> bool:
+    return request.settings.get("auth.strict_helpers", False) is True
+
+
+def forget(credentials: Credentials) -> None:
+    """The registry rejected this helper's answer: drop it, so that the next pull asks again."""
+    helper = (credentials.key or "").rpartition(f"-> {PROGRAM}")[2]
+    server_url = helper_server_url(credentials.registry)
+
+    def same(key: Hashable) -> bool:
+        return isinstance(key, tuple) and key[1] == server_url and (not helper or key[0] == helper)
+
+    dropped = CACHE.forget(same)
+    log.debug("forgot %d cached helper answer(s) for %s", dropped, server_url)
+
+
+@hookimpl
+def composer_credential_providers() -> CredentialProvider:
+    return CredentialProvider(name=NAME, lookup=lookup, forget=forget,
+                              description="Docker credential helpers (credHelpers, credsStore)")

@@ -1,0 +1,31 @@
+"""Built-in runtime backend ``podman``: the Podman API service through podman-py.
+
+Endpoint: ``opencti.daemon.podman.endpoint`` when set, else ``CONTAINER_HOST``, else the rootful
+socket ``/run/podman/podman.sock`` (as root) or the rootless one
+``$XDG_RUNTIME_DIR/podman/podman.sock``. Like Docker, registries on loopback are pulled without TLS
+verification unless ``opencti.daemon.podman.loopback_insecure`` is false.
+podman-py is imported only when a command connects.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from composer_core import hookimpl
+from composer_core.types import RuntimeBackend
+
+if TYPE_CHECKING:
+    from composer_core.settings import Settings
+    from composer_core.types import Runtime
+
+
+def connect(settings: Settings) -> Runtime:
+    from composer_plugins.podman.engine import PodmanRuntime
+
+    return PodmanRuntime.connect(settings)
+
+
+@hookimpl
+def composer_runtime_backends() -> RuntimeBackend:
+    return RuntimeBackend(name="podman", connect=connect,
+                          description="Podman API service (CONTAINER_HOST, podman-py)")
