@@ -14,19 +14,18 @@ from composer_core.types import ImageResolver, Rewrite
 REG = {"opencti.daemon.docker.registry.url": "localhost:5000"}
 
 
-@pytest.mark.parametrize("image, expected", [
-    ("connector-misp:5.0.0", "localhost:5000/connector-misp:5.0.0"),
-    ("myorg/connector:1.0", "localhost:5000/myorg/connector:1.0"),
-    ("docker.io/alpine:3.18", "docker.io/library/alpine:3.18"),
-    ("registry.com/app:v1", "registry.com/app:v1"),
-    ("localhost:5000/foo", "localhost:5000/foo:latest"),   # no double prefix (the seed's bug)
-    ("localhost/foo", "localhost/foo:latest"),
+@pytest.mark.parametrize("image, expected, prefixed", [
+    ("connector-misp:5.0.0", "localhost:5000/connector-misp:5.0.0", True),
+    ("myorg/connector:1.0", "localhost:5000/myorg/connector:1.0", True),
+    ("docker.io/alpine:3.18", "docker.io/library/alpine:3.18", False),
+    ("registry.com/app:v1", "registry.com/app:v1", False),
+    ("localhost:5000/foo", "localhost:5000/foo:latest", False),   # no double prefix (the seed's bug)
+    ("localhost/foo", "localhost/foo:latest", False),
 ])
-def test_registry_prefix(make_settings, plugins, image: str, expected: str) -> None:
+def test_registry_prefix(make_settings, plugins, image: str, expected: str, prefixed: bool) -> None:
     resolved = resolve_image(image, make_settings(REG), plugins)
     assert resolved.ref.normalized() == expected
-    assert bool(resolved.steps) == (not resolved.ref.names_registry or image.startswith("connector")
-                                    or image.startswith("myorg"))
+    assert [s.resolver for s in resolved.steps] == (["registry-prefix"] if prefixed else [])
 
 
 def test_prefix_step_records_what_changed(make_settings, plugins) -> None:
