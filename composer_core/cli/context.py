@@ -33,11 +33,18 @@ def make_plugins(settings: Settings, environ: Mapping[str, str] | None = None) -
     strict = settings.get("plugins.strict", False) or (
         environ.get("XTM_COMPOSER_STRICT_PLUGINS", "").lower() in TRUTHY)
     disabled = name_list(settings, "plugins.disabled") + _env_disabled(environ)
-    return Plugins(disabled=disabled, strict=bool(strict))
+    return Plugins(disabled=disabled, strict=bool(strict), reserved_commands=builtin_commands())
 
 
 def build_plugins_for_help() -> Plugins:
-    return Plugins(disabled=_env_disabled(os.environ))
+    return Plugins(disabled=_env_disabled(os.environ), reserved_commands=builtin_commands())
+
+
+def builtin_commands() -> list[str]:
+    """The names of the built-in commands, which no plugin command may take."""
+    from composer_core.cli import cli  # the package imports this module: import at call time
+
+    return list(cli.commands)
 
 
 def build_app(params: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> App:
