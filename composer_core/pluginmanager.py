@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -113,10 +113,10 @@ class Contributions(Mapping[str, R], Generic[R]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def values(self) -> Any:
+    def values(self) -> ValuesView[R]:
         return self._items.values()
 
-    def items(self) -> Any:
+    def items(self) -> ItemsView[str, R]:
         return self._items.items()
 
     def owner(self, name: str) -> str:
@@ -204,6 +204,10 @@ class Plugins:
             elif _dist_name(first) != _dist_name(ep):
                 record = _record_of(ep)
                 self._shadowed.append(record)
+                if ep.name in self.disabled:
+                    record.status = "disabled"
+                    record.reason = f"disabled by settings, as is {_dist_label(first)}'s {ep.name!r}"
+                    continue
                 self._fail(record, f"{_dist_label(first)} already registers a plugin named "
                                    f"{ep.name!r}, which wins; this one from {_dist_label(ep)} is "
                                    "not loaded")

@@ -41,13 +41,20 @@ def fake_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def make_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str, dict[str, str]], Path]:
     """A fake distribution on ``sys.path``: ``{entry point: module source}``, modules named uniquely
-    and forgotten at teardown."""
+    and forgotten at teardown; the command line (``run_cli``) loads only ours and these."""
+
+    from composer_core.cli import context
+
+    made: list[str] = []
 
     def make(dist: str, plugins: dict[str, str]) -> Path:
         modules = {ep: f"fake_{dist}_{ep}".replace("-", "_") for ep in plugins}
         site = fakedist.write_dist(tmp_path / dist, dist, modules,
                                    {modules[ep]: source for ep, source in plugins.items()})
         monkeypatch.syspath_prepend(str(site))
+        # the command line loads ours and the fake distributions, nothing else installed
+        made.append(dist)
+        monkeypatch.setattr(context, "ENTRY_POINT_FILTER", dists(*made))
         for module in modules.values():
             monkeypatch.delitem(sys.modules, module, raising=False)
         return site
@@ -163,6 +170,9 @@ def test_duplicate_plugin_names_across_distributions(tmp_path: Path, monkeypatch
     assert "xtm-composer" in (dockers[1].reason or "") and "shadowplug" in (dockers[1].reason or "")
     assert "fake_docker" not in sys.modules
     assert "docker" in manager.runtime_backends() and "docker" not in manager.inactive_names()
+    disabled = Plugins(disabled=["docker"], entry_point_filter=dists("shadowplug"))
+    assert [r.status for r in disabled.records() if r.name == "docker"] == ["disabled", "disabled"]
+    assert "docker" not in disabled.runtime_backends() and "fake_docker" not in sys.modules
 
 
 def test_an_entry_point_named_like_a_builtin_breaks_no_command(make_dist, run_cli,
