@@ -15,8 +15,9 @@ Rules every hook follows:
   as pluggy does), and must not give them defaults (pluggy never passes them).
 * Hooks that contribute things return a record (or a list of records) carrying a ``name``
   (:mod:`composer_core.records`; ``composer_commands`` returns ``click.Command`` objects, named by
-  their own ``name``). A name is lowercase letters, digits, ``-`` and ``_``, starting with a letter;
-  a record with any other name (``"Vault "``) fails its plugin at load, naming it.
+  their own ``name``). A name is lowercase letters, digits, ``-`` and ``_``, starting with a letter,
+  at most 63 characters; it is normalised to Unicode NFKC, never lowercased or stripped, so a
+  record with any other name (``"Vault "``) fails its plugin at load, naming it.
 * Names are user-facing (settings, ``--runtime``, ``xtm-composer plugins``) and must be unique across
   all installed plugins. When two plugins contribute the same name, the one loaded later is
   recorded ``failed`` naming both distributions, and everything else keeps working; using the
@@ -57,7 +58,7 @@ def composer_image_resolvers() -> ImageResolver | list[ImageResolver]:
     """Contribute image resolvers: rules that turn the image a connector names into the exact
     reference to pull.
 
-    Called once per process, when the first image is resolved. Return one
+    Called once per process, when the plugins load. Return one
     :class:`~composer_core.records.ImageResolver` or a list of them.
 
     The core applies the resolvers named in the setting ``images.resolvers`` (default
@@ -83,7 +84,8 @@ def composer_image_resolvers() -> ImageResolver | list[ImageResolver]:
 def composer_credential_providers() -> CredentialProvider | list[CredentialProvider]:
     """Contribute credential providers: the links of the registry-credential chain.
 
-    Called once per process. Return one :class:`~composer_core.records.CredentialProvider` or a list.
+    Called once per process, when the plugins load. Return one
+    :class:`~composer_core.records.CredentialProvider` or a list.
 
     For every pull, the core walks the providers named in the setting ``auth.chain`` (default
     ``[config, docker-config, keychain, containers-auth, anonymous]``) in that order, calling
@@ -123,7 +125,8 @@ def composer_credential_providers() -> CredentialProvider | list[CredentialProvi
 def composer_runtime_backends() -> RuntimeBackend | list[RuntimeBackend]:
     """Contribute container engines.
 
-    Called once per process. Return one :class:`~composer_core.records.RuntimeBackend` or a list.
+    Called once per process, when the plugins load. Return one
+    :class:`~composer_core.records.RuntimeBackend` or a list.
     ``connect(settings)`` returns a connected :class:`~composer_core.types.Runtime` or raises a
     :class:`~composer_core.errors.ComposerError` saying why the engine cannot be reached. A runtime
     implements: ``pull`` (with exactly one credential, or none for an anonymous pull), ``create``,
