@@ -437,7 +437,8 @@ class Plugins:
                 contested[name] = (f"two plugins contribute a {label} named {name!r}: {both}",
                                    first, plugin_name)
                 return (f"contributes a {label} named {name!r}, as does plugin {first!r} "
-                        f"({self._distribution(first)}), loaded first: {both} clash")
+                        f"({self._distribution(first)}), which loaded first; plugin "
+                        f"{plugin_name!r} ({self._distribution(plugin_name)}) is not used")
         return None
 
     def _implementations(self, *hook_names: str) -> list[tuple[str, Any]]:
