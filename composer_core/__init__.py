@@ -7,9 +7,11 @@ built-in plugins live in ``composer_plugins/`` and are registered exactly as thi
 
 import pluggy
 
+from composer_core.hookspecs import PROJECT
+
 __version__ = "0.1.0"
 
 #: Marker for hook implementations: ``@hookimpl def composer_credential_providers(): ...``
-hookimpl = pluggy.HookimplMarker("xtm_composer")
+hookimpl = pluggy.HookimplMarker(PROJECT)
 
 __all__ = ["hookimpl", "__version__"]

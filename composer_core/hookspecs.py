@@ -1,7 +1,8 @@
 """The hook contract of xtm-composer: everything a plugin can contribute.
 
 A plugin is a module (or any object) exposing functions marked with
-:data:`composer_core.hookimpl`, registered under the entry-point group ``xtm_composer``::
+:data:`composer_core.hookimpl`, registered under the entry-point group ``xtm_composer``
+(:data:`PROJECT`)::
 
     # pyproject.toml of a third-party plugin
     [project.entry-points.xtm_composer]
@@ -10,16 +11,29 @@ A plugin is a module (or any object) exposing functions marked with
 Rules every hook follows:
 
 * Every hook is prefixed ``composer_`` and is called with keyword arguments only. Implementations
-  may accept fewer arguments than the spec names, and must not give them defaults (pluggy never
-  passes them).
-* Hooks that contribute things return a record (or a list of records) carrying a ``name``. The
-  names are user-facing (settings, ``--runtime``, ``xtm-composer plugins``) and must be unique across
-  all installed plugins: two plugins contributing the same name is an error naming both.
+  may accept fewer arguments than the spec names (each one receives only the arguments it names,
+  as pluggy does), and must not give them defaults (pluggy never passes them).
+* Hooks that contribute things return a record (or a list of records) carrying a ``name``
+  (:mod:`composer_core.records`; ``composer_commands`` returns ``click.Command`` objects, named by
+  their own ``name``). A name is lowercase letters, digits, ``-`` and ``_``, starting with a letter,
+  at most 63 characters; it is normalised to Unicode NFKC, never lowercased or stripped, so a
+  record with any other name (``"Vault "``) fails its plugin at load, naming it.
+* Names are user-facing (settings, ``--runtime``, ``xtm-composer plugins``) and must be unique across
+  all installed plugins. When two plugins contribute the same name, the one loaded later is
+  recorded ``failed`` naming both distributions, and everything else keeps working; using the
+  contested name (naming it in ``auth.chain``, ``--runtime``...) is an error (exit 3), as is any
+  such failure in strict mode. Plugins load in this order: the entry points of xtm-composer itself,
+  then the other distributions by name, each one's entry points by name.
 * **Order is never the registration order.** pluggy calls the last registered implementation first;
   xtm-composer ignores that and walks contributions in the order the *settings* name them
-  (``auth.chain``, ``images.resolvers``). A plugin cannot put itself first; a user can.
+  (``auth.chain``, ``images.resolvers``, ``opencti.daemon.auto_order``). A plugin cannot put itself
+  first; a user can. ``tryfirst`` / ``trylast`` are accepted and have no effect on any of this.
+* Wrappers (``wrapper=True``, ``hookwrapper=True``) are refused: the core calls every
+  implementation itself, one by one, to attribute what it returns, so there is no call for a
+  wrapper to wrap. A plugin with a wrapper is recorded ``failed`` with that reason.
 * Heavy libraries (the Docker SDK, podman-py...) are imported inside the functions that use them,
-  never at module level: ``xtm-composer --help`` and ``xtm-composer plugins`` load every plugin.
+  never at module level: ``xtm-composer --help`` and ``xtm-composer plugins`` load every plugin and
+  call every hook below.
 """
 
 from __future__ import annotations
@@ -31,8 +45,9 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from composer_core.types import CredentialProvider, ImageResolver, RuntimeBackend
+    from composer_core.records import CredentialProvider, ImageResolver, RuntimeBackend
 
+#: The pluggy project name, which is also the entry-point group plugins register under.
 PROJECT = "xtm_composer"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -43,8 +58,8 @@ def composer_image_resolvers() -> ImageResolver | list[ImageResolver]:
     """Contribute image resolvers: rules that turn the image a connector names into the exact
     reference to pull.
 
-    Called once per process, when the first image is resolved. Return one
-    :class:`~composer_core.types.ImageResolver` or a list of them.
+    Called once per process, when the plugins load. Return one
+    :class:`~composer_core.records.ImageResolver` or a list of them.
 
     The core applies the resolvers named in the setting ``images.resolvers`` (default
     ``[registry-prefix, mirrors]``), in that order, each receiving the image text as the previous one
@@ -69,7 +84,8 @@ def composer_image_resolvers() -> ImageResolver | list[ImageResolver]:
 def composer_credential_providers() -> CredentialProvider | list[CredentialProvider]:
     """Contribute credential providers: the links of the registry-credential chain.
 
-    Called once per process. Return one :class:`~composer_core.types.CredentialProvider` or a list.
+    Called once per process, when the plugins load. Return one
+    :class:`~composer_core.records.CredentialProvider` or a list.
 
     For every pull, the core walks the providers named in the setting ``auth.chain`` (default
     ``[config, docker-config, keychain, containers-auth, anonymous]``) in that order, calling
@@ -79,6 +95,10 @@ def composer_credential_providers() -> CredentialProvider | list[CredentialProvi
     and :class:`~composer_core.types.Failed` are recorded in the trace (``auth explain``, auth
     errors) and the walk goes on. A provider must only answer for the registry (and path scope) its
     credentials belong to, and should not raise: an exception is recorded as an error of its step.
+
+    The core sets ``Credentials.source`` of the answer to the provider's ``name``, whatever the
+    provider put there: ``auth explain``, the deploy log and ``forget`` always name the provider that
+    actually answered.
 
     ``forget(credentials)``, when given, is called after a registry rejected credentials this
     provider supplied (drop them from any cache).
@@ -105,14 +125,20 @@ def composer_credential_providers() -> CredentialProvider | list[CredentialProvi
 def composer_runtime_backends() -> RuntimeBackend | list[RuntimeBackend]:
     """Contribute container engines.
 
-    Called once per process. Return one :class:`~composer_core.types.RuntimeBackend` or a list.
-    ``connect(settings)`` returns a connected :class:`~composer_core.types.Runtime` (pull with
-    exactly one credential, create, start, stop, remove, rename, inspect, list by label, logs,
-    close) or raises a
-    :class:`~composer_core.errors.ComposerError` saying why the engine cannot be reached.
+    Called once per process, when the plugins load. Return one
+    :class:`~composer_core.records.RuntimeBackend` or a list.
+    ``connect(settings)`` returns a connected :class:`~composer_core.types.Runtime` or raises a
+    :class:`~composer_core.errors.ComposerError` saying why the engine cannot be reached. A runtime
+    implements: ``pull`` (with exactly one credential, or none for an anonymous pull), ``create``,
+    ``start``, ``stop``, ``remove``, ``rename`` (a redeploy creates the new container beside the
+    old one, then gives it the old one's name, so that a failure can roll back), ``inspect``,
+    ``list`` by label, ``logs`` and ``close``; each raises a ``ComposerError`` subclass, never an
+    SDK exception.
 
     The backend used is the one named by ``--runtime`` or the setting ``opencti.daemon.selector``;
-    ``auto`` tries ``docker`` then ``podman`` and uses the first that answers.
+    ``auto`` tries the backends named in ``opencti.daemon.auto_order`` (default
+    ``[docker, podman]``), in that order, and uses the first that connects: add a third-party
+    engine's name there for ``auto`` to consider it.
 
     Example::
 
@@ -123,20 +149,36 @@ def composer_runtime_backends() -> RuntimeBackend | list[RuntimeBackend]:
 
 
 @hookspec
-def composer_register_commands(cli: click.Group) -> None:
-    """Add subcommands to the ``xtm-composer`` command line.
+def composer_commands() -> click.Command | list[click.Command]:
+    """Contribute subcommands of the ``xtm-composer`` command line.
 
-    Called when the command line is built, with the root :class:`click.Group`. A plugin adds its
-    commands with ``cli.command()`` or ``cli.add_command()``; a name already taken is an error.
-    Commands obtain the settings and the plugins through
-    :func:`composer_core.cli.context.get_app`.
+    Called once per process, when the plugins load. Return one :class:`click.Command` (or
+    :class:`click.Group`) or a list; each is added under its own ``name``. A name taken by a
+    built-in command fails the plugin (the built-in keeps working); two plugins adding the same
+    name are a clash like any other (the later one fails; running the command is an error).
+    ``xtm-composer plugins --json`` shows which plugin contributed which command. Commands obtain
+    the settings and the plugins through :func:`composer_core.cli.context.get_app`.
 
     Example::
 
+        @click.command(name="vault-status")
+        def vault_status():
+            "Show whether the vault is reachable."
+            click.echo("ok")
+
         @hookimpl
-        def composer_register_commands(cli):
-            @cli.command(name="vault-status")
-            def vault_status():
-                "Show whether the vault is reachable."
-                click.echo("ok")
+        def composer_commands():
+            return vault_status
+    """
+
+
+@hookspec
+def composer_register_commands(cli: click.Group) -> None:
+    """Deprecated: return the commands from :func:`composer_commands` instead. Still honoured for
+    one release; a plugin implementing it is warned about (a ``DeprecationWarning`` and a log
+    warning, naming the plugin).
+
+    Called once per process with a :class:`click.Group` to add commands to (``cli.command()``,
+    ``cli.add_command()``); what the plugin adds there is checked and attributed exactly as
+    :func:`composer_commands`' records are.
     """

@@ -1,7 +1,8 @@
 """The value types that flow between the core and the plugins.
 
 Hooks contribute small frozen records with a ``name`` (:class:`ImageResolver`,
-:class:`CredentialProvider`, :class:`RuntimeBackend`); a credential lookup answers one of
+:class:`CredentialProvider`, :class:`RuntimeBackend`, defined in :mod:`composer_core.records` and
+re-exported here so that plugins may import them from either); a credential lookup answers one of
 :class:`Found`, :class:`NotFound` or :class:`Failed`. Secrets never appear in a ``repr``, a ``str``
 or any serialisation of these types; they are reachable only through :meth:`Credentials.engine_auth`,
 which is what an engine's pull call receives.
@@ -14,6 +15,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from composer_core import redact
+
+# the hook records, re-exported: third-party plugins import them from here
+from composer_core.records import CredentialProvider as CredentialProvider
+from composer_core.records import ImageResolver as ImageResolver
+from composer_core.records import RuntimeBackend as RuntimeBackend
 
 if TYPE_CHECKING:
     from composer_core.images.reference import ImageRef
@@ -98,6 +104,15 @@ class AnonymousCredentials:
     def identity_token(self) -> None:
         return None
 
+    # ``key`` and ``file`` exist, always None, so that the core reads every credential alike
+    @property
+    def key(self) -> None:
+        return None
+
+    @property
+    def file(self) -> None:
+        return None
+
     def public(self) -> dict[str, Any]:
         return {"source": self.source, "username": None, "identity_token": False}
 
@@ -158,21 +173,6 @@ class CredentialRequest:
     environ: Mapping[str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class CredentialProvider:
-    """A named link of the credential chain.
-
-    ``lookup`` answers :class:`Found`, :class:`NotFound` or :class:`Failed` and should not raise
-    (an exception is recorded as an error of that step). ``forget`` is called when a registry
-    rejected credentials this provider supplied, so that a cache can drop them.
-    """
-
-    name: str
-    lookup: Callable[[CredentialRequest], LookupResult]
-    description: str = ""
-    forget: Callable[[Credentials], None] | None = None
-
-
 # --- image resolution ------------------------------------------------------------------------
 
 
@@ -182,19 +182,6 @@ class Rewrite:
 
     image: str
     detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class ImageResolver:
-    """A named rewrite rule applied to the image a connector names, in configured order.
-
-    ``resolve(image, settings)`` receives the image text as the previous resolvers left it and
-    returns a :class:`Rewrite`, or ``None`` to leave it unchanged.
-    """
-
-    name: str
-    resolve: Callable[[str, Settings], Rewrite | None]
-    description: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,16 +278,6 @@ class Runtime(Protocol):
     def list(self, labels: Mapping[str, str]) -> list[ContainerInfo]: ...
     def logs(self, name: str, tail: int | None = None) -> str: ...
     def close(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeBackend:
-    """A named container engine. ``connect(settings)`` returns a connected :class:`Runtime` or raises
-    :class:`composer_core.errors.ComposerError` saying why the engine cannot be reached."""
-
-    name: str
-    connect: Callable[[Settings], Runtime]
-    description: str = ""
 
 
 def as_list(value: object) -> list[Any]:

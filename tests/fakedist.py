@@ -5,6 +5,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from composer_core.hookspecs import PROJECT
+
 
 def write_dist(root: Path, name: str, entry_points: dict[str, str], modules: dict[str, str],
                version: str = "1.0") -> Path:
@@ -13,7 +15,7 @@ def write_dist(root: Path, name: str, entry_points: dict[str, str], modules: dic
     info = root / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    lines = ["[xtm_composer]"] + [f"{ep} = {target}" for ep, target in entry_points.items()]
+    lines = [f"[{PROJECT}]"] + [f"{ep} = {target}" for ep, target in entry_points.items()]
     (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
     for module, source in modules.items():
         (root / f"{module}.py").write_text(textwrap.dedent(source))
@@ -66,4 +68,95 @@ from composer_core.types import CredentialProvider, NotFound
 @hookimpl
 def composer_credential_providers():
     return CredentialProvider(name="vault", lookup=lambda request: NotFound("never"))
+'''
+
+COMMANDS = '''
+import click
+from composer_core import hookimpl
+
+@click.command(name="hello")
+def hello():
+    "Say hello."
+    click.echo("hello from COMMANDS")
+
+@hookimpl
+def composer_commands():
+    return [hello]
+'''
+
+OTHER_HELLO = '''
+import click
+from composer_core import hookimpl
+
+@hookimpl
+def composer_commands():
+    return click.Command("hello", callback=lambda: click.echo("hello from OTHER_HELLO"))
+'''
+
+BUILTIN_NAME = '''
+import click
+from composer_core import hookimpl
+
+@hookimpl
+def composer_commands():
+    return click.Command("config", callback=lambda: click.echo("not the built-in"))
+'''
+
+LEGACY_NO_ARGUMENT = '''
+from composer_core import hookimpl
+
+@hookimpl
+def composer_register_commands():  # takes fewer arguments than the spec names, as pluggy allows
+    return None
+'''
+
+WRAPPER = '''
+from composer_core import hookimpl
+
+@hookimpl(wrapper=True)
+def composer_credential_providers():
+    result = yield
+    return result
+'''
+
+HOOKWRAPPER = '''
+from composer_core import hookimpl
+
+@hookimpl(hookwrapper=True)
+def composer_runtime_backends():
+    yield
+'''
+
+BAD_NAME = '''
+from composer_core import hookimpl
+from composer_core.types import CredentialProvider, NotFound
+
+@hookimpl
+def composer_credential_providers():
+    return CredentialProvider(name="Vault ", lookup=lambda request: NotFound("never"))
+'''
+
+DOCKER_BACKEND = '''
+from composer_core import hookimpl
+from composer_core.types import RuntimeBackend
+
+def connect(settings):
+    raise RuntimeError("a clashing backend must never be connected")
+
+@hookimpl
+def composer_runtime_backends():
+    return RuntimeBackend(name="docker", connect=connect)
+'''
+
+SLOW_IMPORT = '''
+import time
+
+from composer_core import hookimpl
+from composer_core.types import CredentialProvider, NotFound
+
+time.sleep(0.3)  # widens the window in which other threads ask a manager that is still loading
+
+@hookimpl
+def composer_credential_providers():
+    return CredentialProvider(name="slow", lookup=lambda request: NotFound("never"))
 '''

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from composer_core import redact
@@ -67,8 +67,8 @@ class Resolution:
             "source": creds.source,
             "username": creds.username,
             "identity_token": bool(creds.identity_token),
-            "key": getattr(creds, "key", None),
-            "file": getattr(creds, "file", None),
+            "key": creds.key,
+            "file": creds.file,
             "steps": [s.to_dict() for s in self.steps],
         }
 
@@ -85,6 +85,14 @@ def _ask(provider_name: str, lookup: Any, request: CredentialRequest) -> LookupR
         return Failed(f"provider returned {type(result).__name__}, expected Found, NotFound or "
                       "Failed")
     return result
+
+
+def _stamped(credentials: AnyCredentials, provider: str) -> AnyCredentials:
+    """The credentials, their ``source`` set to the provider that answered: whatever a plugin
+    wrote there, the trace, the deploy log and ``forget`` name the provider the core asked."""
+    if credentials.source == provider:
+        return credentials
+    return replace(credentials, source=provider)
 
 
 def resolve_credentials(image: ResolvedImage, settings: Settings, plugins: Plugins,
@@ -106,7 +114,7 @@ def resolve_credentials(image: ResolvedImage, settings: Settings, plugins: Plugi
             continue
         result = _ask(name, provider.lookup, request)
         if isinstance(result, Found):
-            chosen = result.credentials
+            chosen = _stamped(result.credentials, name)
             steps.append(Step(name, "found", redact.scrub(result.detail)))
         elif isinstance(result, NotFound):
             steps.append(Step(name, "not-found", redact.scrub(result.reason)))
@@ -126,7 +134,7 @@ def resolve_credentials(image: ResolvedImage, settings: Settings, plugins: Plugi
                  "or add anonymous to auth.chain")
     resolution = Resolution(image, registry, chosen, tuple(steps))
     log.debug("credentials for %s: source=%s key=%s file=%s", image.ref.normalized(),
-              chosen.source, getattr(chosen, "key", None), getattr(chosen, "file", None))
+              chosen.source, chosen.key, chosen.file)
     return resolution
 
 

@@ -1,7 +1,7 @@
 """The ``xtm-composer`` command line.
 
 The root group holds the built-in commands (each in a small module of this package) and, on first
-need, the commands plugins add through ``composer_register_commands``. :func:`main` turns every
+need, the commands plugins add through ``composer_commands``. :func:`main` turns every
 :class:`~composer_core.errors.ComposerError` into one readable message and its exit code, never a
 traceback.
 """
@@ -17,7 +17,9 @@ import click
 
 from composer_core import __version__, redact
 from composer_core.cli.context import build_plugins_for_help, get_app
-from composer_core.errors import ComposerError
+from composer_core.errors import ComposerError, PluginError
+from composer_core.pluginmanager import Contributions
+from composer_core.records import PluginCommand
 
 BUILTIN_MODULES = ("plugins_cmd", "config_cmd", "image_cmd", "auth_cmd", "runtime_cmd", "fleet_cmd")
 
@@ -26,25 +28,18 @@ class ComposerGroup(click.Group):
     """A group whose plugin-contributed commands are collected once per invocation, when first
     asked for (kept in the context, so that one run's plugins never leak into the next)."""
 
-    def _plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+    def _plugin_commands(self, ctx: click.Context) -> Contributions[PluginCommand]:
         meta = ctx.find_root().meta
-        if "xtm_composer.plugin_commands" in meta:
-            return meta["xtm_composer.plugin_commands"]
-        probe = click.Group(name="probe")
-        try:
-            plugins = get_app(ctx).plugins
-        except ComposerError:
-            # --help must work even when the settings are broken; the error shows when a
-            # command runs.
-            plugins = build_plugins_for_help()
-        plugins.register_commands(probe)
-        taken = sorted(set(probe.commands) & set(self.commands))
-        if taken:
-            raise ComposerError(f"a plugin adds a command named {taken[0]!r}, which already exists",
-                                hint="see `xtm-composer plugins`; disable the plugin with "
-                                     "XTM_COMPOSER_DISABLE_PLUGINS")
-        meta["xtm_composer.plugin_commands"] = dict(probe.commands)
-        return meta["xtm_composer.plugin_commands"]
+        if "xtm_composer.plugin_commands" not in meta:
+            try:
+                plugins = get_app(ctx).plugins
+            except ComposerError:
+                # --help must work even when the settings are broken; the error shows when a
+                # command runs.
+                plugins = build_plugins_for_help()
+            meta["xtm_composer.plugin_commands"] = plugins.commands()
+        commands: Contributions[PluginCommand] = meta["xtm_composer.plugin_commands"]
+        return commands
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*self.commands, *self._plugin_commands(ctx)})
@@ -52,7 +47,26 @@ class ComposerGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.commands:
             return self.commands[cmd_name]
-        return self._plugin_commands(ctx).get(cmd_name)
+        commands = self._plugin_commands(ctx)
+        if cmd_name not in commands:
+            return None
+        try:
+            return commands[cmd_name].command
+        except PluginError as clash:
+            return _contested(cmd_name, clash)
+
+
+def _contested(name: str, clash: PluginError) -> click.Command:
+    """Two plugins add ``name``: listed by --help as such, and refusing to run (exit 3)."""
+
+    def refuse() -> None:
+        raise clash
+
+    return click.Command(name, callback=refuse, add_help_option=False,
+                         short_help="unavailable: two plugins add this command "
+                                    "(see `xtm-composer plugins`)",
+                         context_settings={"ignore_unknown_options": True,
+                                           "allow_extra_args": True})
 
 
 @click.group(cls=ComposerGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,10 +10,13 @@ from typing import Any
 import click
 
 from composer_core import logs
-from composer_core.pluginmanager import Plugins
+from composer_core.pluginmanager import EntryPointFilter, Plugins
 from composer_core.settings import Settings, load_settings, name_list
 
 TRUTHY = ("1", "true", "yes", "on")
+#: Which entry points the command line loads (None: all installed). Tests narrow it to known
+#: distributions, so that a plugin installed on the machine cannot change their result.
+ENTRY_POINT_FILTER: EntryPointFilter | None = None
 
 
 @dataclass
@@ -33,11 +36,20 @@ def make_plugins(settings: Settings, environ: Mapping[str, str] | None = None) -
     strict = settings.get("plugins.strict", False) or (
         environ.get("XTM_COMPOSER_STRICT_PLUGINS", "").lower() in TRUTHY)
     disabled = name_list(settings, "plugins.disabled") + _env_disabled(environ)
-    return Plugins(disabled=disabled, strict=bool(strict))
+    return Plugins(disabled=disabled, strict=bool(strict), reserved_commands=builtin_commands(),
+                   entry_point_filter=ENTRY_POINT_FILTER)
 
 
 def build_plugins_for_help() -> Plugins:
-    return Plugins(disabled=_env_disabled(os.environ))
+    return Plugins(disabled=_env_disabled(os.environ), reserved_commands=builtin_commands(),
+                   entry_point_filter=ENTRY_POINT_FILTER)
+
+
+def builtin_commands() -> list[str]:
+    """The names of the built-in commands, which no plugin command may take."""
+    from composer_core.cli import cli  # the package imports this module: import at call time
+
+    return list(cli.commands)
 
 
 def build_app(params: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> App:

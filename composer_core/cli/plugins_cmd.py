@@ -1,4 +1,5 @@
-"""``xtm-composer plugins``: every plugin, where it comes from, what it implements, its status."""
+"""``xtm-composer plugins``: every plugin, where it comes from, what it implements and provides,
+its status."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from composer_core.cli.output import emit_json, emit_table, json_option
 @click.command(name="plugins")
 @json_option
 def plugins_command(as_json: bool) -> None:
-    """List plugins: name, distribution and version, hooks, status (active, disabled, failed)."""
+    """List plugins: name, distribution and version, hooks, what each provides (providers,
+    resolvers, backends, commands by name), status (active, disabled, failed)."""
     plugins = get_app().plugins
     records = plugins.records()
     if as_json:
@@ -21,8 +23,9 @@ def plugins_command(as_json: bool) -> None:
     for r in records:
         status = r.status if not r.reason or r.status == "active" else f"{r.status}: {r.reason}"
         hooks = ", ".join(h.removeprefix("composer_") for h in r.hooks) or "-"
-        rows.append((r.name, f"{r.distribution} {r.version}".strip(), hooks, status))
-    emit_table(("NAME", "DISTRIBUTION", "HOOKS", "STATUS"), rows)
+        provides = ", ".join(name for names in r.contributes.values() for name in names) or "-"
+        rows.append((r.name, f"{r.distribution} {r.version}".strip(), hooks, provides, status))
+    emit_table(("NAME", "DISTRIBUTION", "HOOKS", "PROVIDES", "STATUS"), rows)
 
 
 COMMANDS = [plugins_command]

@@ -125,7 +125,7 @@ class PullResult:
         return {"runtime": self.runtime, "image": self.image.input, "resolved": self.reference,
                 "registry": self.resolution.registry, "image_id": self.image_id,
                 "source": creds.source, "username": creds.username,
-                "key": getattr(creds, "key", None)}
+                "key": creds.key}
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def _sent(resolution: Resolution) -> str:
     if creds.anonymous:
         return "no credentials (anonymous pull)"
     who = f"user {creds.username!r}" if creds.username else "an identity token"
-    key = getattr(creds, "key", None)
+    key = creds.key
     return f"{who} from provider {creds.source!r}" + (f" (matched {key})" if key else "")
 
 
@@ -173,7 +173,7 @@ def explain_pull_failure(exc: RegistryError, resolution: Resolution, runtime: st
         hint = (f"add username/password for {registry} to the settings "
                 f"(opencti.daemon.docker.registry or registries), or run `docker login {registry}`")
     elif isinstance(exc, CredentialsRejected):
-        where = getattr(creds, "file", None) or getattr(creds, "key", None)
+        where = creds.file or creds.key
         headline = (f"unauthorized: {registry} rejected the credentials ({_sent(resolution)}) "
                     f"for {image}")
         hint = (f"verify them with `docker login {registry}`, then fix them in provider "
@@ -251,7 +251,7 @@ class Deployer:
         resolution = resolve_credentials(resolved, self.settings, self.plugins, self.environ)
         creds = resolution.credentials
         log.debug("Pull credentials - Source: %s, Key: %s, User: %s", creds.source,
-                  getattr(creds, "key", None), creds.username)
+                  creds.key, creds.username)
         tls_verify = insecure_key(self.settings, resolution.registry) is None
         try:
             with self.progress(resolved.pull_name) as callback:

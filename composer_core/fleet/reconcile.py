@@ -159,8 +159,6 @@ class Reconciler:
         self.stop_event = stop_event or threading.Event()
         self.stop_timeout = stop_timeout
         self.max_parallel = int(settings.get("manager.max_parallel", 4))
-        # loaded here, once, rather than lazily by the first of several worker threads
-        plugins.credential_providers()
         self._deployer_factory = deployer_factory or (
             lambda: Deployer(runtime, settings, plugins, stop_timeout=stop_timeout))
 

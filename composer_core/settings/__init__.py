@@ -374,6 +374,7 @@ def validate_settings(settings: Settings, *, providers: Iterable[str] | None = N
 
     for key, names, label in (("auth.chain", providers, "credential providers"),
                               ("images.resolvers", resolvers, "image resolvers"),
+                              ("opencti.daemon.auto_order", None, ""),
                               ("plugins.disabled", None, "")):
         value = _as_name_list(s.get(key))
         if value is None:
