@@ -34,6 +34,16 @@ _SCRUBBED = ("DOCKER_CONFIG", "REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "XDG_CONF
 
 
 @pytest.fixture(autouse=True)
+def only_our_plugins_in_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line, invoked in-process, loads only this distribution's entry points: a
+    third-party plugin installed on the machine cannot change a CLI test's result. Tests of
+    third-party loading set their own filter."""
+    from composer_core.cli import context
+
+    monkeypatch.setattr(context, "ENTRY_POINT_FILTER", only_ours)
+
+
+@pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     home = tmp_path / "home"
     home.mkdir()

@@ -208,6 +208,9 @@ def test_disabled_provider_is_skipped_in_the_chain(make_settings, tmp_path: Path
 
 
 def test_plugins_command_lists_every_plugin_as_json(fake_site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from composer_core.cli import context
+
+    monkeypatch.setattr(context, "ENTRY_POINT_FILTER", dists("fakeplug"))
     monkeypatch.setenv("XTM_COMPOSER_DISABLE_PLUGINS", "blocked")
     result = CliRunner().invoke(cli, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
