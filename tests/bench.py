@@ -42,6 +42,7 @@ class SwarmBench:
     password: str = field(repr=False)
     username2: str  # a second valid user, e.g. to rotate credentials
     password2: str = field(repr=False)
+    htpasswd: str  # the registry's users (bcrypt): the registry rereads it when it changes, e.g. to rotate
     registry_log: str  # the registry's log: `msg="authorized request" ... http.request.remoteaddr="ADDR:port"`
     image: str  # repository:tag in `registry`, e.g. xtm-test/busybox:1.0 (no node has it at start)
     image2: str
@@ -64,7 +65,8 @@ class SwarmBench:
         for i, worker in enumerate(self.workers, start=1):
             out[f"XTM_BENCH_SWARM_WORKER{i}_HOST"] = worker.host
             out[f"XTM_BENCH_SWARM_WORKER{i}_ADDR"] = worker.addr
-        for name in ("registry", "username", "password", "username2", "password2", "registry_log", "image", "image2"):
+        for name in ("registry", "username", "password", "username2", "password2", "htpasswd", "registry_log", "image",
+                     "image2"):
             out[f"XTM_BENCH_SWARM_{name.upper()}"] = getattr(self, name)
         return out
 

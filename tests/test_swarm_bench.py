@@ -42,7 +42,8 @@ SWARM = {
         for i in (1, 2, 3)
     ],
     "registry": "10.240.0.2:5650", "username": "su", "password": "sp", "username2": "su2", "password2": "sp2",
-    "registry_log": "/s/reg/registry.log", "image": "xtm-test/busybox:1.0", "image2": "xtm-test/busybox:2.0",
+    "htpasswd": "/s/htpasswd", "registry_log": "/s/reg/registry.log",
+    "image": "xtm-test/busybox:1.0", "image2": "xtm-test/busybox:2.0",
 }
 
 
@@ -251,6 +252,46 @@ def test_a_service_created_without_credentials_is_rejected(
     assert not [t for t in tasks if t["Status"]["State"] == "running"]
     for worker in swarm.workers:
         assert not has_image(api(worker.host), ref), worker.name
+
+
+@pytest.mark.integration
+def test_the_registry_rereads_its_htpasswd_file(swarm: SwarmBench, api: Any) -> None:
+    """What a rotation test relies on: a user written to the file is valid at once, and gone once removed."""
+    import docker.errors
+
+    htpasswd = Path(swarm.htpasswd)
+    original = htpasswd.read_text(encoding="utf-8")
+    user, password = unique("rotated"), unique("pw")
+    line = subprocess.run(["htpasswd", "-Bbn", user, password], capture_output=True, text=True, check=True).stdout
+    manager = api(swarm.manager_host)  # /auth: the manager asks the registry
+
+    def replace(text: str) -> None:
+        tmp = htpasswd.with_name(htpasswd.name + ".test")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(htpasswd)
+
+    try:
+        replace(original.rstrip("\n") + "\n" + line.strip() + "\n")
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            try:
+                manager.login(user, password, registry=swarm.registry, reauth=True)
+                break
+            except docker.errors.APIError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        replace(original)
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            manager.login(user, password, registry=swarm.registry, reauth=True)
+        except docker.errors.APIError as exc:
+            assert "unauthorized" in str(exc) or "401" in str(exc), exc
+            break
+        assert time.monotonic() < deadline, "the removed user still logs in"
+        time.sleep(0.5)
 
 
 def bench_services(*args: str) -> subprocess.CompletedProcess[str]:
