@@ -7,6 +7,7 @@ the bench, independently of any composer backend. See docs/bench.md, "The swarm"
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -294,8 +295,9 @@ def test_the_registry_rereads_its_htpasswd_file(swarm: SwarmBench, api: Any) -> 
         time.sleep(0.5)
 
 
-def bench_services(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=120, check=False)
+def bench_services(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=120, check=False,
+                          env=None if env is None else {**os.environ, **env})
 
 
 @pytest.mark.integration
@@ -330,3 +332,30 @@ def test_swarm_up_twice_changes_nothing(swarm: SwarmBench, api: Any) -> None:
     assert {n.name: (Path(n.pidfile).read_text().strip(), api(n.host).info()["Swarm"]["NodeID"])
             for n in swarm.nodes} == before
     assert api(swarm.manager_host).inspect_swarm()["ID"] == cluster
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.integration
+def test_another_bench_directory_cannot_take_or_remove_the_swarm(swarm: SwarmBench, tmp_path: Path) -> None:
+    other = tmp_path / "other-bench"
+    try:
+        for command in ("up", "down"):
+            run = bench_services("swarm", command, env={"XTM_BENCH_DIR": str(other)})
+            assert run.returncode != 0, (command, run.stderr)
+            assert "not by this bench" in run.stderr, run.stderr
+            assert not _processes_mentioning(f"{other}/"), command
+    finally:
+        for pid in _processes_mentioning(f"{other}/"):  # only if the guard failed
+            os.kill(pid, 9)
+    status = bench_services("swarm", "status")
+    assert status.returncode == 0, status.stdout
