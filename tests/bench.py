@@ -16,6 +16,81 @@ START_HINT = "start it with: sudo scripts/bench-services up"
 
 
 @dataclass(frozen=True)
+class SwarmNode:
+    """One dockerd of the bench swarm, in its own network namespace (its ``name`` is also its hostname)."""
+
+    name: str  # xtmsw-n1 (the manager), xtmsw-n2, xtmsw-n3 (workers)
+    role: str  # "manager" or "worker"
+    host: str  # unix:///.../swarm/nN/docker.sock: this node's own Engine API
+    addr: str  # its address inside the swarm's namespaces (10.240.0.x), as the registry's log shows it
+    pidfile: str  # the dockerd's pid: a test may stop a node; `scripts/bench-services swarm up` brings it back
+
+
+@dataclass(frozen=True)
+class SwarmBench:
+    """The three-node Docker Swarm of ``scripts/bench-services swarm up`` (see docs/bench.md, "The swarm").
+
+    The registry is reachable from the nodes only (not from the root namespace): push and inspect
+    through the manager's API. Its two htpasswd users are the swarm's own: the main bench's
+    credentials are refused there, and the workers hold none.
+    """
+
+    manager_host: str  # DOCKER_HOST of the manager
+    nodes: tuple[SwarmNode, ...]
+    registry: str  # host:port, htpasswd auth, plain HTTP (in every node's --insecure-registry)
+    username: str
+    password: str = field(repr=False)
+    username2: str  # a second valid user, e.g. to rotate credentials
+    password2: str = field(repr=False)
+    htpasswd: str  # the registry's users (bcrypt): the registry rereads it when it changes, e.g. to rotate
+    registry_log: str  # the registry's log: `msg="authorized request" ... http.request.remoteaddr="ADDR:port"`
+    image: str  # repository:tag in `registry`, e.g. xtm-test/busybox:1.0 (no node has it at start)
+    image2: str
+
+    @property
+    def manager(self) -> SwarmNode:
+        return next(n for n in self.nodes if n.role == "manager")
+
+    @property
+    def workers(self) -> tuple[SwarmNode, ...]:
+        return tuple(n for n in self.nodes if n.role == "worker")
+
+    def ref(self, image: str | None = None) -> str:
+        """Full reference in the swarm registry, e.g. ``10.240.0.2:5650/xtm-test/busybox:1.0``."""
+        return f"{self.registry}/{image or self.image}"
+
+    def env(self) -> dict[str, str]:
+        """The ``XTM_BENCH_SWARM_*`` variables, as printed by ``scripts/bench-services env``."""
+        out = {"XTM_BENCH_SWARM_MANAGER_HOST": self.manager.host, "XTM_BENCH_SWARM_MANAGER_ADDR": self.manager.addr}
+        for i, worker in enumerate(self.workers, start=1):
+            out[f"XTM_BENCH_SWARM_WORKER{i}_HOST"] = worker.host
+            out[f"XTM_BENCH_SWARM_WORKER{i}_ADDR"] = worker.addr
+        for name in ("registry", "username", "password", "username2", "password2", "htpasswd", "registry_log", "image",
+                     "image2"):
+            out[f"XTM_BENCH_SWARM_{name.upper()}"] = getattr(self, name)
+        return out
+
+    @classmethod
+    def from_json(cls, data: object, where: object) -> SwarmBench:
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: 'swarm' is not an object; re-run scripts/bench-services up")
+        node_names = [f.name for f in fields(SwarmNode)]
+        raw_nodes = data.get("nodes")
+        if not isinstance(raw_nodes, list) or not all(
+            isinstance(n, dict) and all(isinstance(n.get(k), str) for k in node_names) for n in raw_nodes
+        ):
+            raise ValueError(f"{where}: 'swarm.nodes' is not a list of nodes; re-run scripts/bench-services up")
+        nodes = tuple(SwarmNode(**{k: n[k] for k in node_names}) for n in raw_nodes)
+        if [n.role for n in nodes].count("manager") != 1:
+            raise ValueError(f"{where}: 'swarm.nodes' must hold exactly one manager")
+        names = [f.name for f in fields(cls) if f.name != "nodes"]
+        missing = [n for n in names if not isinstance(data.get(n), str)]
+        if missing:
+            raise ValueError(f"{where}: swarm: missing or non-string keys {missing}; re-run scripts/bench-services up")
+        return cls(nodes=nodes, **{n: data[n] for n in names})
+
+
+@dataclass(frozen=True)
 class Bench:
     """Mirror of ``scripts/bench-services env`` (each field is ``XTM_BENCH_<FIELD>``)."""
 
@@ -33,6 +108,8 @@ class Bench:
     ca: str  # PEM of the CA that signed the registries' certificate
     image: str  # repository:tag (no registry part), e.g. xtm-test/busybox:1.0
     image2: str  # same repository, another image (different content and label)
+    # the three-node swarm; None when it is down, or in a bench.json written before it existed
+    swarm: SwarmBench | None = None
 
     def ref(self, registry: str, image: str | None = None) -> str:
         """Full reference, e.g. ``bench.ref(bench.registry_private)`` -> ``127.0.0.1:5000/xtm-test/busybox:1.0``."""
@@ -40,7 +117,10 @@ class Bench:
 
     def env(self) -> dict[str, str]:
         """The ``XTM_BENCH_*`` variables, as printed by ``scripts/bench-services env``."""
-        return {f"XTM_BENCH_{f.name.upper()}": getattr(self, f.name) for f in fields(self)}
+        out = {f"XTM_BENCH_{f.name.upper()}": getattr(self, f.name) for f in fields(self) if f.name != "swarm"}
+        if self.swarm is not None:
+            out.update(self.swarm.env())
+        return out
 
 
 def bench_dir() -> Path:
@@ -61,11 +141,12 @@ def load_bench(path: str | os.PathLike[str] | None = None) -> Bench | None:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    names = [f.name for f in fields(Bench)]
+    names = [f.name for f in fields(Bench) if f.name != "swarm"]
     missing = [n for n in names if not isinstance(data.get(n), str)]
     if missing:
         raise ValueError(f"{p}: missing or non-string keys {missing}; re-run scripts/bench-services up")
-    return Bench(**{n: data[n] for n in names})
+    swarm = None if data.get("swarm") is None else SwarmBench.from_json(data["swarm"], p)
+    return Bench(swarm=swarm, **{n: data[n] for n in names})
 
 
 def require_bench() -> Bench:
@@ -76,6 +157,19 @@ def require_bench() -> Bench:
     import pytest
 
     msg = f"test bench not running ({bench_json_path()} not found); {START_HINT}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
+
+
+def require_swarm() -> SwarmBench:
+    """The bench swarm, like :func:`require_bench` (a failure under ``CI=true``, else a skip)."""
+    bench = require_bench()
+    if bench.swarm is not None:
+        return bench.swarm
+    import pytest
+
+    msg = f"the bench swarm is down ({bench_json_path()} has no swarm); start it with: sudo scripts/bench-services swarm up"
     if os.environ.get("CI") == "true":
         pytest.fail(msg, pytrace=False)
     pytest.skip(msg)
