@@ -23,7 +23,7 @@ from composer_core.errors import (
 )
 from composer_core.images.resolve import resolve_image
 from composer_core.settings import Settings
-from composer_core.types import CredentialProvider, Credentials, Found
+from composer_core.types import Anonymous, CredentialProvider, Credentials, Found
 from tests.conftest import assert_no_secrets
 from tests.engine_helpers import (
     QUICK_STOP,
@@ -112,6 +112,52 @@ def test_explained_errors_carry_trace_and_remedy(make_settings: Callable[..., Se
     down = explain_pull_failure(RegistryUnreachable("dial tcp: connect: connection refused"),
                                 anonymous, "docker")
     assert "connection refused" in str(down) and "network" in (down.hint or "")
+
+
+# --- what engines receive: a TLS decision, their own wire form of one credential ---------------
+
+
+def test_tls_decision_names_the_setting_that_skips_verification(make_settings: Callable[..., Settings]) -> None:
+    from composer_core.engine.tls import TlsDecision, tls_decision
+
+    settings = make_settings({"opencti.daemon.docker.registries": [
+        {"url": "https://reg.example:5000", "insecure": True}, {"url": "other.example"}]})
+    assert tls_decision(settings, "reg.example:5000") == TlsDecision(
+        verify=False, setting="opencti.daemon.docker.registries[0]")
+    assert tls_decision(settings, "other.example") == TlsDecision(verify=True, setting=None)
+    assert tls_decision(make_settings({}), "reg.example:5000") == TlsDecision(True, None)
+
+
+WIRE_SECRET = "wire-pw-" + os.urandom(4).hex()
+WIRE_CASES = [  # (credentials, Docker auth_config, Podman per-registry map)
+    (Credentials(registry="reg.example:5000", source="config", username="robot",
+                 password=WIRE_SECRET),
+     {"serveraddress": "reg.example:5000", "username": "robot", "password": WIRE_SECRET},
+     {"reg.example:5000": {"username": "robot", "password": WIRE_SECRET}}),
+    (Credentials(registry="docker.io", source="keychain", username="<token>",
+                 identity_token="tok-" + WIRE_SECRET),
+     {"serveraddress": "docker.io", "identitytoken": "tok-" + WIRE_SECRET},
+     {"docker.io": {"identitytoken": "tok-" + WIRE_SECRET}}),
+    (Credentials(registry="reg.example", source="config", username="only-user"),
+     {"serveraddress": "reg.example", "username": "only-user", "password": ""},
+     {"reg.example": {"username": "only-user", "password": ""}}),
+    (Anonymous, {}, {}),
+]
+
+
+@pytest.mark.parametrize(("credentials", "docker_form", "podman_form"), WIRE_CASES)
+def test_each_engine_builds_its_own_wire_form(credentials: Any, docker_form: dict[str, str],
+                                              podman_form: dict[str, Any]) -> None:
+    import base64
+    import json
+
+    from composer_plugins.docker.auth import docker_auth_config
+    from composer_plugins.podman.auth import podman_auth_map, registry_auth_header
+
+    assert docker_auth_config(credentials) == docker_form
+    assert podman_auth_map(credentials) == podman_form
+    header = registry_auth_header(credentials)
+    assert json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))) == podman_form
 
 
 # --- the flow on the engines ------------------------------------------------------------------

@@ -34,7 +34,7 @@ from composer_core import redact
 from composer_core.auth.chain import Resolution, forget_rejected, resolve_credentials
 from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER, is_managed, manager_id
 from composer_core.engine.progress import ProgressFactory, no_progress
-from composer_core.engine.tls import insecure_key
+from composer_core.engine.tls import tls_decision
 from composer_core.errors import (
     AuthenticationRequired,
     ComposerError,
@@ -252,11 +252,10 @@ class Deployer:
         creds = resolution.credentials
         log.debug("Pull credentials - Source: %s, Key: %s, User: %s", creds.source,
                   getattr(creds, "key", None), creds.username)
-        tls_verify = insecure_key(self.settings, resolution.registry) is None
+        tls = tls_decision(self.settings, resolution.registry)
         try:
             with self.progress(resolved.pull_name) as callback:
-                image_id = self.runtime.pull(resolved.ref, creds, tls_verify=tls_verify,
-                                             progress=callback)
+                image_id = self.runtime.pull(resolved.ref, creds, tls=tls, progress=callback)
         except RegistryError as exc:
             if isinstance(exc, CredentialsRejected):
                 forget_rejected(resolution, self.plugins)
