@@ -63,6 +63,33 @@ def test_parse_env_rejects_bad_pairs_without_echoing_values(pair: str) -> None:
         assert "value" not in caught.value.message
 
 
+@pytest.mark.parametrize(("pair", "reason"), [
+    ("NEW\nLINE=x", "control character"), ("N\0UL=x", "control character"),
+    ("TOKEN=nul-secret\0tail", "NUL character (at offset 10 of 15)"),
+])
+def test_parse_env_refuses_control_characters_and_nul_values_without_echoing_them(
+        pair: str, reason: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_env([pair])
+    assert caught.value.exit_code == 2 and reason in caught.value.message
+    assert "nul-secret" not in str(caught.value) and "tail" not in str(caught.value)
+
+
+def test_deploy_refuses_a_nul_value_before_any_engine_call(make_settings: Callable[..., Settings],
+                                                           plugins: Any) -> None:
+    class Untouchable:
+        """Any use of the runtime fails the test: validation comes before the engine."""
+        name = endpoint = "untouchable"
+
+        def __getattr__(self, attr: str) -> Any:
+            raise AssertionError(f"the engine was called ({attr}) before the env was validated")
+
+    deployer = Deployer(Untouchable(), make_settings({}), plugins)  # type: ignore[arg-type]
+    with pytest.raises(UsageError) as caught:
+        deployer.deploy("alpine:3", "ab", {"API": "nul-secret\0"})
+    assert "NUL character" in caught.value.message and "nul-secret" not in str(caught.value)
+
+
 def test_secret_looking_env_values_are_masked_everywhere() -> None:
     from composer_core import redact
     from composer_core.engine.deploy import validate_env

@@ -287,6 +287,30 @@ def test_invalid_file_changes_nothing_and_calls_no_engine(run_cli, monkeypatch, 
     assert "invalid connectors file" in err and "nothing was changed" in err
 
 
+def test_bad_env_names_and_nul_values_are_refused_by_the_file_as_a_whole(
+        run_cli, monkeypatch, tmp_path: Path) -> None:
+    """The same rule as the deploy's, before any engine call, and the value never echoed."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nothing.sock")
+    secret = "nul-secret-" + os.urandom(4).hex()
+    path = tmp_path / "c.yaml"
+    path.write_text("connectors:\n"
+                    "  - id: a1\n    image: alpine:3\n    env:\n"
+                    '      "NEW\\nLINE": x\n      "EQ=UALS": x\n      "N\\0UL": x\n'
+                    f'      TOKEN: "{secret}\\0tail"\n'
+                    "  - {id: b1, image: alpine:3, env: {OK: fine}}\n")
+    code, out, err = run_cli(["--runtime", "docker", "apply", "-f", str(path), "--json"])
+    assert code == 2, err
+    for expected in ("connectors[0] (id a1).env: invalid variable name 'NEW\\nLINE': it must not "
+                     "contain a control character",
+                     "connectors[0] (id a1).env: invalid variable name 'EQ=UALS': it must not contain '='",
+                     "connectors[0] (id a1).env: invalid variable name 'N\\x00UL': it must not contain "
+                     "a control character",
+                     "connectors[0] (id a1).env.TOKEN: the value holds a NUL character (at offset 19 of 24)",
+                     "4 problems"):
+        assert expected in err
+    assert_no_secrets(out + err, [secret])
+
+
 @pytest_integration
 def test_run_loop_follows_the_file_and_stops_cleanly_on_sigterm(engine, bench, manager, ids,
                                                                 tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from composer_core import redact
 from composer_core.auth.chain import Resolution, forget_rejected, resolve_credentials
 from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER, is_managed, manager_id
 from composer_core.engine.progress import ProgressFactory, no_progress
+from composer_core.engine.spec import NAME_RULE, env_key_problem, env_value_problem, name_problem
 from composer_core.engine.tls import tls_decision
 from composer_core.errors import (
     AuthenticationRequired,
@@ -54,30 +55,35 @@ from composer_core.types import ContainerInfo, ContainerSpec, ResolvedImage, Run
 
 log = logging.getLogger("xtm_composer.deploy")
 
-NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 #: env variables whose values are registered with the redactor (masked in any output)
 SECRET_ENV = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|API_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I)
-Action = Literal["created", "replaced", "unchanged", "started"]
+DeployAction = Literal["created", "replaced", "unchanged", "started"]
 
 
 # --- input ------------------------------------------------------------------------------------
 
 
 def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise UsageError(f"invalid container name {name!r}",
-                         hint="a name is at least 2 characters of letters, digits, '_', '.' or "
-                              "'-', starting with a letter or a digit")
+    if name_problem(name) is not None:
+        raise UsageError(f"invalid container name {name!r}", hint=f"a name is {NAME_RULE}")
     return name
 
 
 def validate_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The rules of :mod:`composer_core.engine.spec`, the same as the connectors file's."""
     for key, value in env.items():
-        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
-            raise UsageError(f"invalid environment variable name {key!r}",
-                             hint="use --env KEY=VALUE with a non-empty KEY without '='")
+        problem = env_key_problem(key)
+        if problem is not None:
+            raise UsageError(f"invalid environment variable name {key!r}: "
+                             f"{problem.partition(': ')[2]}",
+                             hint="use --env KEY=VALUE with a non-empty KEY without '=' or "
+                                  "control characters")
         if not isinstance(value, str):
             raise UsageError(f"environment variable {key} must be a string")
+        problem = env_value_problem(value)
+        if problem is not None:
+            raise UsageError(f"environment variable {key}: {problem}",
+                             hint="remove the NUL character from the value")
         if SECRET_ENV.search(key):
             redact.register(value)
     return dict(env)
@@ -130,7 +136,7 @@ class PullResult:
 
 @dataclass(frozen=True)
 class DeployResult:
-    action: Action
+    action: DeployAction
     container: ContainerInfo
     image: ResolvedImage
     runtime: str
@@ -292,7 +298,7 @@ class Deployer:
                              command=tuple(command) if command else None)
         if existing is None:
             self._create_and_start(spec, start)
-            action: Action = "created"
+            action: DeployAction = "created"
         else:
             self._replace(existing, spec, start)
             action = "replaced"

@@ -35,8 +35,8 @@ from composer_core.types import ContainerInfo, ResolvedImage, Runtime
 
 log = logging.getLogger("xtm_composer.fleet")
 
-Action = Literal["deploy", "replace", "start", "stop", "remove", "nothing"]
-Result = Literal["ok", "failed", "planned", "cancelled"]
+PlannedAction = Literal["deploy", "replace", "start", "stop", "remove", "nothing"]
+StepResult = Literal["ok", "failed", "planned", "cancelled"]
 RUNNING = ("running", "restarting")
 # XTM Composer's definition of a connector restarting in a loop
 LOOP_RESTARTS = 3
@@ -46,17 +46,17 @@ RESTARTED_AFTER_SECONDS = 2
 
 
 @dataclass
-class Step:
+class PlannedStep:
     """One planned action, and after execution its result."""
 
     id: str
     name: str
-    action: Action
+    action: PlannedAction
     reason: str
     connector: Connector | None = None
     container: ContainerInfo | None = None
     resolved: ResolvedImage | None = None
-    result: Result = "planned"
+    result: StepResult = "planned"
     error: ComposerError | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -73,13 +73,13 @@ class Step:
 
 @dataclass
 class Pass:
-    steps: list[Step]
+    steps: list[PlannedStep]
     runtime: str
     engine_calls: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def failed(self) -> list[Step]:
+    def failed(self) -> list[PlannedStep]:
         return [s for s in self.steps if s.result == "failed"]
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,7 +100,7 @@ def as_composer_error(exc: BaseException) -> ComposerError:
 
 
 def plan(connectors: Sequence[Connector], containers: Iterable[ContainerInfo], settings: Settings,
-         plugins: Plugins) -> list[Step]:
+         plugins: Plugins) -> list[PlannedStep]:
     """The actions that align ``containers`` (this manager's) with ``connectors``. No engine call."""
     by_id: dict[str, list[ContainerInfo]] = {}
     orphans: list[ContainerInfo] = []
@@ -111,7 +111,7 @@ def plan(connectors: Sequence[Connector], containers: Iterable[ContainerInfo], s
             by_id.setdefault(cid, []).append(info)
         else:
             orphans.append(info)
-    steps: list[Step] = []
+    steps: list[PlannedStep] = []
     for connector in connectors:
         resolved = resolve_image(connector.image, settings, plugins)
         digest = config_hash(resolved.ref.normalized(), connector.env)
@@ -121,10 +121,10 @@ def plan(connectors: Sequence[Connector], containers: Iterable[ContainerInfo], s
         # interrupted replacement
         for stale in found:
             if stale is not current:
-                steps.append(Step(connector.id, stale.name, "remove",
+                steps.append(PlannedStep(connector.id, stale.name, "remove",
                                   f"stale container of connector {connector.id} "
                                   f"(it is now named {connector.name!r})", container=stale))
-        step = Step(connector.id, connector.name, "nothing", "up to date", connector,
+        step = PlannedStep(connector.id, connector.name, "nothing", "up to date", connector,
                     current, resolved)
         if current is None:
             step.action, step.reason = "deploy", "no container yet"
@@ -137,7 +137,7 @@ def plan(connectors: Sequence[Connector], containers: Iterable[ContainerInfo], s
         steps.append(step)
     for orphan in orphans:
         cid = orphan.labels.get(LABEL_CONNECTOR) or "?"
-        steps.append(Step(cid, orphan.name, "remove", "its connector is not in the file",
+        steps.append(PlannedStep(cid, orphan.name, "remove", "its connector is not in the file",
                           container=orphan))
     return steps
 
@@ -167,7 +167,7 @@ class Reconciler:
     def containers(self) -> list[ContainerInfo]:
         return self.runtime.list({LABEL_MANAGER: self.manager})
 
-    def plan(self, connectors: Sequence[Connector]) -> tuple[list[Step], list[ContainerInfo]]:
+    def plan(self, connectors: Sequence[Connector]) -> tuple[list[PlannedStep], list[ContainerInfo]]:
         containers = self.containers()
         return plan(connectors, containers, self.settings, self.plugins), containers
 
@@ -194,7 +194,7 @@ class Reconciler:
                 list(pool.map(lambda s: self._execute(deployer, s, pull_errors), batch))
         return result
 
-    def _pull_all(self, deployer: Deployer, steps: list[Step]) -> dict[str, ComposerError]:
+    def _pull_all(self, deployer: Deployer, steps: list[PlannedStep]) -> dict[str, ComposerError]:
         images: dict[str, str] = {}
         for step in steps:
             assert step.resolved is not None and step.connector is not None
@@ -216,7 +216,7 @@ class Reconciler:
             list(pool.map(pull, images.items()))
         return errors
 
-    def _execute(self, deployer: Deployer, step: Step, pull_errors: dict[str, ComposerError]) -> None:
+    def _execute(self, deployer: Deployer, step: PlannedStep, pull_errors: dict[str, ComposerError]) -> None:
         if self.stop_event.is_set():
             step.result = "cancelled"
             return
