@@ -11,12 +11,20 @@ import pytest
 
 from composer_core import hookimpl
 from composer_core.auth.chain import resolve_credentials
-from composer_core.engine.deploy import Deployer, config_hash, explain_pull_failure, parse_env, validate_name
+from composer_core.engine.deploy import (
+    Deployer,
+    config_hash,
+    container_spec,
+    explain_pull_failure,
+    parse_env,
+    validate_name,
+)
 from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER
 from composer_core.errors import (
     AuthenticationRequired,
     ContainerError,
     CredentialsRejected,
+    ImageNotFound,
     RegistryTLSError,
     RegistryUnreachable,
     UsageError,
@@ -187,6 +195,17 @@ def test_each_engine_builds_its_own_wire_form(credentials: Any, docker_form: dic
     assert json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))) == podman_form
 
 
+@pytest.mark.parametrize(("text", "kind"), [
+    ('Get "http://10.0.0.1:5000/v2/": EOF', RegistryUnreachable),
+    ("reading blob sha256:ab: unexpected EOF", RegistryUnreachable),
+    ("manifest unknown: thereof", ImageNotFound),  # a word ending in "eof" is not EOF
+])
+def test_eof_from_the_registry_is_unreachable(text: str, kind: type) -> None:
+    from composer_core.engine.pullerrors import classify_pull_failure
+
+    assert type(classify_pull_failure(text, Anonymous)) is kind
+
+
 # --- the flow on the engines ------------------------------------------------------------------
 
 integration = pytest.mark.integration
@@ -325,6 +344,78 @@ def test_failed_replacement_keeps_the_old_container_running(
         d.deploy(f"127.0.0.1:{free_port()}/{bench.image}", name, command=QUICK_STOP)
     assert [(c.id, c.status) for c in d.runtime.list({LABEL_MANAGER: manager})] == [
         (old.id, "running")]
+
+
+@integration
+def test_a_create_that_loses_a_race_never_removes_the_winners_container(
+        engine: str, bench: Any, manager: str, deployer: Callable[..., Deployer],
+        make_settings: Callable[..., Settings], plugins: Any) -> None:
+    """Two passes planned `deploy` for one connector from the same (empty) list: the first
+    creates, the second's create meets a 409. It must neither remove the first one's container
+    (the half-made cleanup once removed any container with our labels under the name) nor fail."""
+    winner, loser = deployer(), deployer()
+    name = unique()
+    resolved = resolve_image(bench.image, winner.settings, plugins)
+    spec = container_spec(resolved, name, {"A": "1"}, manager=manager, connector_id="c1",
+                          command=QUICK_STOP)
+    first = winner.put(resolved, spec, None)
+    second = loser.put(resolved, spec, None)  # its plan did not see the first one's container
+    assert (first.action, second.action) == ("created", "unchanged")
+    assert second.container.id == first.container.id
+    survivors = loser.runtime.list({LABEL_MANAGER: manager})
+    assert [(c.id, c.name, c.status) for c in survivors] == [(first.container.id, name, "running")]
+
+
+class Recording:
+    """The real runtime, recording each write and, when the new container starts, whether the
+    old one is still running at that moment."""
+
+    def __init__(self, runtime: Any, old_id: str) -> None:
+        self._runtime = runtime
+        self.old_id = old_id
+        self.calls: list[str] = []
+        self.old_status_at_new_start: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runtime, name)
+
+    def create(self, spec: Any) -> Any:
+        self.calls.append("create")
+        return self._runtime.create(spec)
+
+    def rename(self, name: str, new_name: str) -> None:
+        self.calls.append("rename old" if name == self.old_id else "rename new")
+        self._runtime.rename(name, new_name)
+
+    def start(self, name: str) -> None:
+        old = self._runtime.inspect(self.old_id)
+        self.old_status_at_new_start = old.status if old else "gone"
+        self.calls.append("start new")
+        self._runtime.start(name)
+
+    def stop(self, name: str, timeout: int = 10) -> None:
+        self.calls.append("stop old" if name == self.old_id else f"stop {name}")
+        self._runtime.stop(name, timeout=timeout)
+
+    def remove(self, name: str, *, force: bool = False) -> None:
+        self.calls.append("remove old" if name == self.old_id else f"remove {name}")
+        self._runtime.remove(name, force=force)
+
+
+@integration
+def test_a_replacement_starts_the_new_container_before_stopping_the_old(
+        engine: str, bench: Any, manager: str, deployer: Callable[..., Deployer]) -> None:
+    d = deployer()
+    name = unique()
+    old = d.deploy(bench.image, name, {"A": "1"}, command=QUICK_STOP).container
+    recording = Recording(d.runtime, old.id)
+    d.runtime = recording  # type: ignore[assignment]
+    new = d.deploy(bench.image, name, {"A": "2"}, command=QUICK_STOP)
+    assert new.action == "replaced" and new.container.status == "running"
+    assert recording.calls == ["create", "rename old", "rename new", "start new", "stop old",
+                               "remove old"]
+    assert recording.old_status_at_new_start == "running"  # no moment without a connector
+    assert [c.id for c in d.runtime.list({LABEL_MANAGER: manager})] == [new.container.id]
 
 
 class FailingRename:

@@ -151,6 +151,44 @@ def test_registry_down(bench: Any, pull: Pull) -> None:
     assert caught.value.exit_code == 8
 
 
+@pytest.fixture
+def hang_up_registry() -> Iterator[str]:
+    """A registry that accepts each connection, reads the request and closes without answering:
+    what a registry dying mid-pull looks like to the engine (Go's `EOF`)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    conn.recv(65536)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    done.set()
+    thread.join(5)
+    server.close()
+
+
+def test_registry_hanging_up_is_unreachable(bench: Any, pull: Pull, hang_up_registry: str) -> None:
+    with pytest.raises(RegistryUnreachable) as caught:
+        pull(f"{hang_up_registry}/{bench.image}")
+    assert "EOF" in str(caught.value) and f"registry {hang_up_registry} is unreachable" in str(caught.value)
+    assert caught.value.exit_code == 8
+
+
 def test_missing_tag(bench: Any, pull: Pull) -> None:
     with pytest.raises(ImageNotFound) as caught:
         pull(bench.ref(bench.registry_open, "xtm-test/busybox:no-such-tag"))

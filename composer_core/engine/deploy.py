@@ -26,6 +26,7 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -64,6 +65,9 @@ log = logging.getLogger("xtm_composer.deploy")
 
 #: env variables whose values are registered with the redactor (masked in any output)
 SECRET_ENV = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|API_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I)
+#: after a failed create, how often and how long to look for the container another pass is making
+RACE_INSPECTS = 25
+RACE_PAUSE = 0.2
 DeployAction = Literal["created", "replaced", "unchanged", "started"]
 
 
@@ -348,8 +352,8 @@ class Deployer:
         if existing is None:
             try:
                 info = self._create_and_start(spec, start)
-            except ContainerError:
-                raced = self._deployed_meanwhile(spec)
+            except ContainerError as exc:
+                raced = self._deployed_meanwhile(spec, exc)
                 if raced is None:
                     raise
                 log.info("Container %s was deployed meanwhile by another pass (same config "
@@ -383,10 +387,19 @@ class Deployer:
             f"this manager ({LABEL_MANAGER}={self.manager}): it is left alone",
             hint="choose another name, or remove that container yourself")
 
-    def _deployed_meanwhile(self, spec: ContainerSpec) -> ContainerInfo | None:
+    def _deployed_meanwhile(self, spec: ContainerSpec, error: ContainerError) -> ContainerInfo | None:
         """After a failed create: the container another pass made under this name with exactly
         this spec (two passes raced), or ``None``. A container of someone else is named as such."""
         found = self.runtime.inspect(spec.name)
+        # Docker reserves a name when a create begins and shows the container only once it is
+        # made: after a name conflict, the other pass's create may still be under way. Wait for
+        # it, briefly (both engines say "already in use").
+        conflict = "already in use" in error.message.lower()
+        for _ in range(RACE_INSPECTS if conflict else 0):
+            if found is not None:
+                break
+            time.sleep(RACE_PAUSE)
+            found = self.runtime.inspect(spec.name)
         if found is None:
             return None
         if not is_managed(found, self.manager):
