@@ -48,7 +48,8 @@ def _print_pass(result: Any, dry_run: bool) -> None:
 def apply_command(path: str, dry_run: bool, stop_timeout: int, as_json: bool) -> None:
     """One reconciliation pass: deploy the missing, replace the changed, start or stop per
     status, remove the managed containers whose connector left the file. Containers without this
-    manager's label are never touched. Exits 14 when an action failed, after doing all others."""
+    manager's label are never touched. Exits 14 when an action failed, after doing all others.
+    Passes of one manager on one engine run one at a time (a file lock; the wait is logged)."""
     from composer_core.engine.labels import manager_id
     from composer_core.engine.select import connect_runtime
     from composer_core.errors import ApplyFailed
@@ -60,11 +61,13 @@ def apply_command(path: str, dry_run: bool, stop_timeout: int, as_json: bool) ->
     connectors = load_connectors(path)  # the whole file is valid before any engine call
     runtime = connect_runtime(app.settings, app.plugins, app.runtime_override)
     try:
+        lock = PassLock(manager_id(app.settings), runtime.endpoint)
         if dry_run:  # reads only: no need to wait for another pass
-            result = Reconciler(runtime, app.settings, app.plugins,
-                                stop_timeout=stop_timeout).run_pass(connectors, dry_run=True)
+            result = Reconciler(runtime, app.settings, app.plugins, stop_timeout=stop_timeout,
+                                start_failures=lock.load_state()).run_pass(connectors,
+                                                                           dry_run=True)
         else:
-            with PassLock(manager_id(app.settings), runtime.endpoint) as lock:
+            with lock:
                 result = Reconciler(runtime, app.settings, app.plugins, stop_timeout=stop_timeout,
                                     start_failures=lock.start_failures).run_pass(connectors)
     finally:

@@ -97,7 +97,7 @@ class PassLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "manager": self.manager,
                                   "endpoint": self.endpoint}).encode(), 0)
-        self.start_failures = self._load_state()
+        self.start_failures = self.load_state()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -144,7 +144,9 @@ class PassLock:
         except (OSError, ValueError, KeyError, TypeError):
             return "pid unknown"
 
-    def _load_state(self) -> dict[str, int]:
+    def load_state(self) -> dict[str, int]:
+        """The consecutive start failures the last pass saved (read without the lock: for a
+        dry run, which changes nothing)."""
         try:
             with open(self.state_path, "rb") as handle:
                 raw = handle.read(STATE_LIMIT + 1)
@@ -160,8 +162,9 @@ class PassLock:
     def _save_state(self) -> None:
         temporary = self.state_path.with_suffix(".tmp")
         try:
-            temporary.write_text(json.dumps({"start_failures": self.start_failures}),
-                                 encoding="utf-8")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump({"start_failures": self.start_failures}, handle)
             os.replace(temporary, self.state_path)
         except OSError as exc:
             log.warning("could not save the pass state %s: %s", self.state_path, exc.strerror)
