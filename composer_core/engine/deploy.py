@@ -13,7 +13,9 @@
 Deploying is idempotent: the same name with the same config hash does nothing (it only starts a
 stopped container). A changed hash replaces the container without ever leaving a half-made one or
 a stopped old one behind: the new image is pulled and the new container created *before* the old
-one is touched, and a failure after that rolls back to the old container.
+one is touched, the new one starts before the old one stops, and a failure after that rolls back
+to the old container. A failed create removes only the container that very create made (a
+per-call label), never one another process created under the same name.
 
 A pull failure becomes one readable, typed error with the engine's own text, what was sent, the
 credential trace and the remedy (:func:`explain_pull_failure`). Env values are never logged.
