@@ -577,3 +577,40 @@ def test_pause_survives_a_huge_schedule_and_stops_at_once() -> None:
     assert stop.is_set()
     pause(stop, float("nan"))
     pause(threading.Event(), -5)  # a negative pause is none
+
+
+@pytest_integration
+def test_apply_says_it_waits_for_the_pass_holding_the_lock(engine, bench, manager, ids,
+                                                          runtime_dir: Path, tmp_path: Path) -> None:
+    from composer_core.fleet.lock import PassLock
+
+    endpoint = bench.docker_host if engine == "docker" else bench.podman_host
+    path = tmp_path / "connectors.yaml"
+    path.write_text(yaml.safe_dump(_fleet(bench, ids[:1])))
+    env = {**os.environ, "MANAGER__ID": manager,
+           "OPENCTI__DAEMON__DOCKER__REGISTRY__URL": bench.registry_private,
+           "OPENCTI__DAEMON__DOCKER__REGISTRY__USERNAME": bench.username,
+           "OPENCTI__DAEMON__DOCKER__REGISTRY__PASSWORD": bench.password}
+    with PassLock(manager, endpoint, directory=runtime_dir / "xtm-composer"):  # a `run` mid-pass
+        proc = subprocess.Popen([sys.executable, "-m", "composer_core", "--runtime", engine, "apply",
+                                 "-f", str(path)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        import threading
+
+        watchdog = threading.Timer(60, proc.kill)  # never hang the suite if the message is missing
+        watchdog.start()
+        try:
+            waiting = ""
+            for _ in range(20):  # bounded: the message comes before the pass does anything
+                waiting = proc.stderr.readline()
+                if not waiting or "waiting" in waiting:
+                    break
+        finally:
+            watchdog.cancel()
+        assert f"another pass of manager {manager} on {endpoint} is running (pid {os.getpid()})" \
+            in waiting and "waiting for it to finish" in waiting
+        assert _listed(engine, bench, manager) == []  # it waits: nothing done yet
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert [c[0] for c in _listed(engine, bench, manager)] == ids[:1]
