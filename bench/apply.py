@@ -16,7 +16,8 @@ Needs the test bench (``scripts/bench-services up``). Per engine:
      in a throwaway ``--config`` (``--authfile``), ``DOCKER_API_VERSION`` pinned to the daemon's.
 
    Before each timed run (untimed): every container of the run removed, and the image reference
-   removed from the engine, as on a fresh host. Rounds alternate which side goes first; the
+   removed from the engine, as on a fresh host. The engine HTTP requests of composer's pass are
+   counted too (as in 2.). Rounds alternate which side goes first; the
    median of ``--rounds`` counts. Target: composer at most 0.7x the loop's time.
 2. **steady state** over ``--fleet`` connectors (deployed first, untimed): the engine HTTP
    requests of one pass, counted on the runtime's ``requests.Session`` (its ``send``), target
@@ -299,6 +300,7 @@ def first_apply(engine: Engine, settings: Settings, manager: str, image: str, to
                 args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     times: dict[str, list[float]] = {"composer": [], "loop": []}
     calls: Counter[str] = Counter()
+    http_requests: Counter[str] = Counter()
     layers_shared = []
 
     def composer(round_no: int) -> None:
@@ -306,11 +308,14 @@ def first_apply(engine: Engine, settings: Settings, manager: str, image: str, to
         with timer(times["composer"]):
             plugins = Plugins()
             runtime = CountingRuntime(connect_runtime(settings, plugins))
+            # the pass's requests (the connect's ping is made already)
+            http = HttpCounter(session_of(runtime._runtime))
             result = Reconciler(runtime, settings, plugins,
                                 stop_timeout=STOP_TIMEOUT).run_pass(connectors)
         runtime._runtime.close()
         check(result, args.connectors)
         calls.update(runtime.calls)
+        http_requests.update(http.requests)
 
     def loop(round_no: int) -> None:
         connectors = fleet(f"xab-{token}-l{round_no}", args.connectors, image)
@@ -337,6 +342,8 @@ def first_apply(engine: Engine, settings: Settings, manager: str, image: str, to
             "all_seconds": {k: [round(v, 3) for v in values] for k, values in times.items()},
             "ratio": round(ratio, 3), "target": TARGET_RATIO, "pass": ratio <= TARGET_RATIO,
             "runtime_calls_per_pass": {k: v // args.rounds for k, v in sorted(calls.items())},
+            "http_requests_per_pass": {k: v // args.rounds for k, v in sorted(http_requests.items())},
+            "http_requests_total_per_pass": sum(http_requests.values()) // args.rounds,
             "layers_present_under_other_tags": any(layers_shared)}
 
 
@@ -438,6 +445,8 @@ def table(result: dict[str, Any]) -> list[str]:
                  f"loop {first['all_seconds']['loop']}; image layers present under other tags: "
                  f"{'yes' if first['layers_present_under_other_tags'] else 'no'}")
     lines.append(f"  first apply, runtime calls per pass: {first['runtime_calls_per_pass']}")
+    lines.append(f"  first apply, HTTP requests per pass: {first['http_requests_total_per_pass']} "
+                 f"{first['http_requests_per_pass']}")
     lines.append(f"  steady pass: HTTP {steady['http_requests']} (last pass), runtime calls "
                  f"{steady['runtime_calls']} (last pass)")
     if replace:

@@ -4,8 +4,8 @@ Hooks contribute small frozen records with a ``name`` (:class:`ImageResolver`,
 :class:`CredentialProvider`, :class:`RuntimeBackend`, defined in :mod:`composer_core.records` and
 re-exported here so that plugins may import them from either); a credential lookup answers one of
 :class:`Found`, :class:`NotFound` or :class:`Failed`. Secrets never appear in a ``repr``, a ``str``
-or any serialisation of these types; they are reachable only through :meth:`Credentials.engine_auth`,
-which is what an engine's pull call receives.
+or any serialisation of these types; an engine reads them from the typed fields (``username``,
+``password``, ``identity_token``, ``registry``) and builds its own wire format in its plugin.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from composer_core.records import ImageResolver as ImageResolver
 from composer_core.records import RuntimeBackend as RuntimeBackend
 
 if TYPE_CHECKING:
+    from composer_core.engine.tls import TlsDecision
     from composer_core.images.reference import ImageRef
     from composer_core.settings import Settings
 
@@ -75,15 +76,6 @@ class Credentials:
             "file": self.file,
         }
 
-    def engine_auth(self) -> dict[str, str]:
-        """The auth config an engine's pull takes: exactly one credential, scoped to its registry."""
-        auth: dict[str, str] = {"serveraddress": self.registry}
-        if self.identity_token:
-            auth["identitytoken"] = self.identity_token
-        else:
-            auth["username"] = self.username or ""
-            auth["password"] = self.password or ""
-        return auth
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +107,6 @@ class AnonymousCredentials:
 
     def public(self) -> dict[str, Any]:
         return {"source": self.source, "username": None, "identity_token": False}
-
-    def engine_auth(self) -> None:
-        return None
 
 
 Anonymous = AnonymousCredentials()
@@ -264,8 +253,11 @@ class Runtime(Protocol):
     name: str
     endpoint: str
 
-    def pull(self, image: ImageRef, credentials: AnyCredentials, *, tls_verify: bool,
-             progress: Callable[[PullProgress], None] | None = None) -> str: ...
+    def pull(self, image: ImageRef, credentials: AnyCredentials, *, tls: TlsDecision,
+             progress: Callable[[PullProgress], None] | None = None) -> str:
+        """Pull ``image`` with exactly ``credentials`` (anonymous: an explicitly empty auth, never
+        the engine's own), verifying TLS as ``tls`` says; the pulled image's id."""
+        ...
     def create(self, spec: ContainerSpec) -> ContainerInfo: ...
     def start(self, name: str) -> None: ...
     def stop(self, name: str, timeout: int = 10) -> None: ...

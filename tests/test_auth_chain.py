@@ -20,6 +20,7 @@ from composer_core.auth.chain import resolve_credentials
 from composer_core.cli import cli
 from composer_core.errors import CredentialsError, SettingsError
 from composer_core.images.resolve import resolve_image
+from composer_plugins.docker.auth import docker_auth_config
 from tests.conftest import assert_no_secrets
 from tests.keychain_helpers import (
     BAD_ENTRY_SECRET,
@@ -108,7 +109,7 @@ def test_precedence_along_the_default_chain(plugins, make_settings, sources: Sou
     assert [s.outcome for s in fourth.steps] == ["not-found", "not-found", "not-found", "found", "skipped"]
 
     fifth = resolve(plugins, make_settings, sources, image=f"{REG}/other/app")  # outside the scope
-    assert fifth.source == "anonymous" and fifth.credentials.engine_auth() is None
+    assert fifth.source == "anonymous" and docker_auth_config(fifth.credentials) == {}
     assert "'reg.example.com:5000/team' cover other paths only" in fifth.steps[3].detail
 
 

@@ -11,19 +11,27 @@ import pytest
 
 from composer_core import hookimpl
 from composer_core.auth.chain import resolve_credentials
-from composer_core.engine.deploy import Deployer, config_hash, explain_pull_failure, parse_env, validate_name
+from composer_core.engine.deploy import (
+    Deployer,
+    config_hash,
+    container_spec,
+    explain_pull_failure,
+    parse_env,
+    validate_name,
+)
 from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER
 from composer_core.errors import (
     AuthenticationRequired,
     ContainerError,
     CredentialsRejected,
+    ImageNotFound,
     RegistryTLSError,
     RegistryUnreachable,
     UsageError,
 )
 from composer_core.images.resolve import resolve_image
 from composer_core.settings import Settings
-from composer_core.types import CredentialProvider, Credentials, Found
+from composer_core.types import Anonymous, CredentialProvider, Credentials, Found
 from tests.conftest import assert_no_secrets
 from tests.engine_helpers import (
     QUICK_STOP,
@@ -61,6 +69,33 @@ def test_parse_env_rejects_bad_pairs_without_echoing_values(pair: str) -> None:
     assert caught.value.exit_code == 2
     if pair == "=value":
         assert "value" not in caught.value.message
+
+
+@pytest.mark.parametrize(("pair", "reason"), [
+    ("NEW\nLINE=x", "control character"), ("N\0UL=x", "control character"),
+    ("TOKEN=nul-secret\0tail", "NUL character (at offset 10 of 15)"),
+])
+def test_parse_env_refuses_control_characters_and_nul_values_without_echoing_them(
+        pair: str, reason: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_env([pair])
+    assert caught.value.exit_code == 2 and reason in caught.value.message
+    assert "nul-secret" not in str(caught.value) and "tail" not in str(caught.value)
+
+
+def test_deploy_refuses_a_nul_value_before_any_engine_call(make_settings: Callable[..., Settings],
+                                                           plugins: Any) -> None:
+    class Untouchable:
+        """Any use of the runtime fails the test: validation comes before the engine."""
+        name = endpoint = "untouchable"
+
+        def __getattr__(self, attr: str) -> Any:
+            raise AssertionError(f"the engine was called ({attr}) before the env was validated")
+
+    deployer = Deployer(Untouchable(), make_settings({}), plugins)  # type: ignore[arg-type]
+    with pytest.raises(UsageError) as caught:
+        deployer.deploy("alpine:3", "ab", {"API": "nul-secret\0"})
+    assert "NUL character" in caught.value.message and "nul-secret" not in str(caught.value)
 
 
 def test_secret_looking_env_values_are_masked_everywhere() -> None:
@@ -112,6 +147,63 @@ def test_explained_errors_carry_trace_and_remedy(make_settings: Callable[..., Se
     down = explain_pull_failure(RegistryUnreachable("dial tcp: connect: connection refused"),
                                 anonymous, "docker")
     assert "connection refused" in str(down) and "network" in (down.hint or "")
+
+
+# --- what engines receive: a TLS decision, their own wire form of one credential ---------------
+
+
+def test_tls_decision_names_the_setting_that_skips_verification(make_settings: Callable[..., Settings]) -> None:
+    from composer_core.engine.tls import TlsDecision, tls_decision
+
+    settings = make_settings({"opencti.daemon.docker.registries": [
+        {"url": "https://reg.example:5000", "insecure": True}, {"url": "other.example"}]})
+    assert tls_decision(settings, "reg.example:5000") == TlsDecision(
+        verify=False, setting="opencti.daemon.docker.registries[0]")
+    assert tls_decision(settings, "other.example") == TlsDecision(verify=True, setting=None)
+    assert tls_decision(make_settings({}), "reg.example:5000") == TlsDecision(True, None)
+
+
+WIRE_SECRET = "wire-pw-" + os.urandom(4).hex()
+WIRE_CASES = [  # (credentials, Docker auth_config, Podman per-registry map)
+    (Credentials(registry="reg.example:5000", source="config", username="robot",
+                 password=WIRE_SECRET),
+     {"serveraddress": "reg.example:5000", "username": "robot", "password": WIRE_SECRET},
+     {"reg.example:5000": {"username": "robot", "password": WIRE_SECRET}}),
+    (Credentials(registry="docker.io", source="keychain", username="<token>",
+                 identity_token="tok-" + WIRE_SECRET),
+     {"serveraddress": "docker.io", "identitytoken": "tok-" + WIRE_SECRET},
+     {"docker.io": {"identitytoken": "tok-" + WIRE_SECRET}}),
+    (Credentials(registry="reg.example", source="config", username="only-user"),
+     {"serveraddress": "reg.example", "username": "only-user", "password": ""},
+     {"reg.example": {"username": "only-user", "password": ""}}),
+    (Anonymous, {}, {}),
+]
+
+
+@pytest.mark.parametrize(("credentials", "docker_form", "podman_form"), WIRE_CASES)
+def test_each_engine_builds_its_own_wire_form(credentials: Any, docker_form: dict[str, str],
+                                              podman_form: dict[str, Any]) -> None:
+    import base64
+    import json
+
+    from composer_plugins.docker.auth import docker_auth_config
+    from composer_plugins.podman.auth import podman_auth_map, registry_auth_header
+
+    assert docker_auth_config(credentials) == docker_form
+    assert podman_auth_map(credentials) == podman_form
+    header = registry_auth_header(credentials)
+    assert json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))) == podman_form
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ('Get "http://10.0.0.1:5000/v2/": EOF', RegistryUnreachable),
+    ("reading blob sha256:ab: unexpected EOF", RegistryUnreachable),
+    ("manifest unknown: thereof", ImageNotFound),  # a word ending in "eof" is not EOF
+])
+def test_eof_from_the_registry_is_unreachable(text: str, kind: type) -> None:
+    from composer_core.engine.pullerrors import classify_pull_failure
+
+    assert type(classify_pull_failure(text, Anonymous)) is kind
 
 
 # --- the flow on the engines ------------------------------------------------------------------
@@ -252,6 +344,78 @@ def test_failed_replacement_keeps_the_old_container_running(
         d.deploy(f"127.0.0.1:{free_port()}/{bench.image}", name, command=QUICK_STOP)
     assert [(c.id, c.status) for c in d.runtime.list({LABEL_MANAGER: manager})] == [
         (old.id, "running")]
+
+
+@integration
+def test_a_create_that_loses_a_race_never_removes_the_winners_container(
+        engine: str, bench: Any, manager: str, deployer: Callable[..., Deployer],
+        make_settings: Callable[..., Settings], plugins: Any) -> None:
+    """Two passes planned `deploy` for one connector from the same (empty) list: the first
+    creates, the second's create meets a 409. It must neither remove the first one's container
+    (the half-made cleanup once removed any container with our labels under the name) nor fail."""
+    winner, loser = deployer(), deployer()
+    name = unique()
+    resolved = resolve_image(bench.image, winner.settings, plugins)
+    spec = container_spec(resolved, name, {"A": "1"}, manager=manager, connector_id="c1",
+                          command=QUICK_STOP)
+    first = winner.put(resolved, spec, None)
+    second = loser.put(resolved, spec, None)  # its plan did not see the first one's container
+    assert (first.action, second.action) == ("created", "unchanged")
+    assert second.container.id == first.container.id
+    survivors = loser.runtime.list({LABEL_MANAGER: manager})
+    assert [(c.id, c.name, c.status) for c in survivors] == [(first.container.id, name, "running")]
+
+
+class Recording:
+    """The real runtime, recording each write and, when the new container starts, whether the
+    old one is still running at that moment."""
+
+    def __init__(self, runtime: Any, old_id: str) -> None:
+        self._runtime = runtime
+        self.old_id = old_id
+        self.calls: list[str] = []
+        self.old_status_at_new_start: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runtime, name)
+
+    def create(self, spec: Any) -> Any:
+        self.calls.append("create")
+        return self._runtime.create(spec)
+
+    def rename(self, name: str, new_name: str) -> None:
+        self.calls.append("rename old" if name == self.old_id else "rename new")
+        self._runtime.rename(name, new_name)
+
+    def start(self, name: str) -> None:
+        old = self._runtime.inspect(self.old_id)
+        self.old_status_at_new_start = old.status if old else "gone"
+        self.calls.append("start new")
+        self._runtime.start(name)
+
+    def stop(self, name: str, timeout: int = 10) -> None:
+        self.calls.append("stop old" if name == self.old_id else f"stop {name}")
+        self._runtime.stop(name, timeout=timeout)
+
+    def remove(self, name: str, *, force: bool = False) -> None:
+        self.calls.append("remove old" if name == self.old_id else f"remove {name}")
+        self._runtime.remove(name, force=force)
+
+
+@integration
+def test_a_replacement_starts_the_new_container_before_stopping_the_old(
+        engine: str, bench: Any, manager: str, deployer: Callable[..., Deployer]) -> None:
+    d = deployer()
+    name = unique()
+    old = d.deploy(bench.image, name, {"A": "1"}, command=QUICK_STOP).container
+    recording = Recording(d.runtime, old.id)
+    d.runtime = recording  # type: ignore[assignment]
+    new = d.deploy(bench.image, name, {"A": "2"}, command=QUICK_STOP)
+    assert new.action == "replaced" and new.container.status == "running"
+    assert recording.calls == ["create", "rename old", "rename new", "start new", "stop old",
+                               "remove old"]
+    assert recording.old_status_at_new_start == "running"  # no moment without a connector
+    assert [c.id for c in d.runtime.list({LABEL_MANAGER: manager})] == [new.container.id]
 
 
 class FailingRename:

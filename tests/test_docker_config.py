@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from composer_core.types import Failed, Found, NotFound
+from composer_plugins.docker.auth import docker_auth_config
 from composer_plugins.docker_config import lookup
 from tests.conftest import assert_no_secrets
 from tests.keychain_helpers import (
@@ -90,7 +91,7 @@ def test_entry_shapes(home: Path, make_settings, entry: dict, expected: tuple) -
     creds = result.credentials
     assert (creds.username, creds.password, creds.identity_token) == expected
     if expected[2]:
-        assert creds.engine_auth() == {"serveraddress": "reg.io", "identitytoken": DOCKER_TOKEN}
+        assert docker_auth_config(creds) == {"serveraddress": "reg.io", "identitytoken": DOCKER_TOKEN}
         assert "identity token" in result.detail
     assert_no_secrets(result.detail + repr(result), SECRETS)
 
@@ -343,4 +344,4 @@ def test_registry_is_canonical(home: Path, make_settings) -> None:
     result = ask("index.docker.io/library/alpine", make_settings, {"HOME": str(home)})
     assert isinstance(result, Found)
     assert result.credentials.registry == "docker.io"
-    assert result.credentials.engine_auth()["serveraddress"] == "docker.io"
+    assert docker_auth_config(result.credentials)["serveraddress"] == "docker.io"

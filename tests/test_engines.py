@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from composer_core.engine.deploy import Deployer
+from composer_core.engine.tls import TlsDecision
 from composer_core.errors import (
     AuthenticationRequired,
     CredentialsRejected,
@@ -50,6 +51,8 @@ from tests.keychain_helpers import PassStore
 pytestmark = pytest.mark.integration
 
 Pull = Callable[..., Any]
+VERIFY = TlsDecision(verify=True, setting=None)
+NO_VERIFY = TlsDecision(verify=False, setting="opencti.daemon.docker.registry")
 
 
 def only(name: str) -> pytest.MarkDecorator:
@@ -148,6 +151,44 @@ def test_registry_down(bench: Any, pull: Pull) -> None:
     assert caught.value.exit_code == 8
 
 
+@pytest.fixture
+def hang_up_registry() -> Iterator[str]:
+    """A registry that accepts each connection, reads the request and closes without answering:
+    what a registry dying mid-pull looks like to the engine (Go's `EOF`)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    conn.recv(65536)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    done.set()
+    thread.join(5)
+    server.close()
+
+
+def test_registry_hanging_up_is_unreachable(bench: Any, pull: Pull, hang_up_registry: str) -> None:
+    with pytest.raises(RegistryUnreachable) as caught:
+        pull(f"{hang_up_registry}/{bench.image}")
+    assert "EOF" in str(caught.value) and f"registry {hang_up_registry} is unreachable" in str(caught.value)
+    assert caught.value.exit_code == 8
+
+
 def test_missing_tag(bench: Any, pull: Pull) -> None:
     with pytest.raises(ImageNotFound) as caught:
         pull(bench.ref(bench.registry_open, "xtm-test/busybox:no-such-tag"))
@@ -172,7 +213,7 @@ def test_self_signed_tls_with_insecure_true(engine: str, bench: Any, pull: Pull)
     registry = bench.registry_ns_tls
     overrides = {"opencti.daemon.docker.registries": [{"url": registry, "insecure": True}]}
     if engine == "podman":
-        assert pull(bench.ref(registry), overrides).image_id  # tls_verify=False on that pull
+        assert pull(bench.ref(registry), overrides).image_id  # TlsDecision(verify=False) on that pull
         return
     # Docker: insecure registries are the daemon's setting; this one is not allowed there
     with pytest.raises(InsecureRegistryNotAllowed) as caught:
@@ -188,6 +229,18 @@ def test_insecure_registry_the_daemon_allows(bench: Any, pull: Pull) -> None:
     registry = bench.registry_ns_insecure
     overrides = {"opencti.daemon.docker.registry": {"url": registry, "insecure": True}}
     assert pull(bench.image, overrides).reference == bench.ref(registry)
+
+
+@only("docker")
+def test_docker_names_the_deciding_setting_without_reading_settings(bench: Any, engine_settings: Any,
+                                                                    connect: Any) -> None:
+    """The engine gets the TLS decision, not the settings: the refusal names the decision's key
+    although no setting marks the registry insecure."""
+    runtime = connect(engine_settings())
+    decision = TlsDecision(verify=False, setting="xtm-test.decided.here")
+    with pytest.raises(InsecureRegistryNotAllowed) as caught:
+        runtime.pull(ImageRef.parse(bench.ref(bench.registry_ns_tls)), Anonymous, tls=decision)
+    assert "(xtm-test.decided.here.insecure: true)" in str(caught.value)
 
 
 @only("podman")  # Docker always skips TLS verification on loopback: a daemon rule
@@ -460,7 +513,7 @@ def test_broken_pull_stream_is_a_composer_error(engine_name: str, fake_daemon: A
     runtime = _connect_fake(engine_name, daemon.url, make_settings)
     try:
         with pytest.raises(RuntimeUnavailable) as caught:
-            runtime.pull(ImageRef.parse(FAKE_IMAGE), Anonymous, tls_verify=True)
+            runtime.pull(ImageRef.parse(FAKE_IMAGE), Anonymous, tls=VERIFY)
         assert "pulling" in str(caught.value) and daemon.url in str(caught.value)
     finally:
         runtime.close()
@@ -481,7 +534,7 @@ def test_pull_error_mid_stream_closes_the_response(engine_name: str, fake_daemon
     runtime = _connect_fake(engine_name, daemon.url, make_settings)
     try:
         with pytest.raises(ImageNotFound) as caught:
-            runtime.pull(ImageRef.parse(FAKE_IMAGE), Anonymous, tls_verify=True)
+            runtime.pull(ImageRef.parse(FAKE_IMAGE), Anonymous, tls=VERIFY)
         # still referenced (the traceback holds the frames): only an explicit close frees it
         assert caught.value is not None
         assert daemon.client_closed.wait(5), "the pull left its HTTP response open"
@@ -544,14 +597,14 @@ def test_podman_sends_credentials_as_a_per_registry_map(fake_daemon: Any,
         secret = "pw-" + os.urandom(4).hex()
         credentials = Credentials(registry="127.0.0.1:5999", source="config", username="user",
                                   password=secret)
-        runtime.pull(ImageRef.parse(FAKE_IMAGE), credentials, tls_verify=True)
+        runtime.pull(ImageRef.parse(FAKE_IMAGE), credentials, tls=VERIFY)
         assert _decoded_auth(daemon) == {"127.0.0.1:5999": {"username": "user", "password": secret}}
         token = Credentials(registry="127.0.0.1:5999", source="config", identity_token="tok-1")
         daemon.requests.clear()
-        runtime.pull(ImageRef.parse(FAKE_IMAGE), token, tls_verify=True)
+        runtime.pull(ImageRef.parse(FAKE_IMAGE), token, tls=VERIFY)
         assert _decoded_auth(daemon) == {"127.0.0.1:5999": {"identitytoken": "tok-1"}}
         daemon.requests.clear()
-        runtime.pull(ImageRef.parse(FAKE_IMAGE), Anonymous, tls_verify=True)
+        runtime.pull(ImageRef.parse(FAKE_IMAGE), Anonymous, tls=VERIFY)
         assert _decoded_auth(daemon) == {}
     finally:
         runtime.close()
@@ -567,9 +620,9 @@ def test_podman_does_not_send_credentials_to_another_registry(bench: Any, engine
                             username=bench.username, password=bench.password)
     with pytest.raises((AuthenticationRequired, CredentialsRejected)) as caught:
         runtime.pull(ImageRef.parse(bench.ref(bench.registry_private)), elsewhere,
-                     tls_verify=False)
+                     tls=NO_VERIFY)
     assert "authentication required" in str(caught.value)
     scoped = Credentials(registry=bench.registry_private, source="config",
                          username=bench.username, password=bench.password)
     assert runtime.pull(ImageRef.parse(bench.ref(bench.registry_private)), scoped,
-                        tls_verify=False)
+                        tls=NO_VERIFY)

@@ -31,6 +31,14 @@ from tests.engine_helpers import (
 WRITES = {"create", "start", "stop", "remove", "rename", "pull"}
 
 
+@pytest.fixture(autouse=True)
+def runtime_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Pass locks of this module's tests under a directory of their own, not the machine's."""
+    path = tmp_path_factory.mktemp("xdg-runtime")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(path))
+    return path
+
+
 # --- the file (no engine) --------------------------------------------------------------------
 
 
@@ -167,12 +175,23 @@ def _states(runtime: Any, manager_id: str) -> dict[str, tuple[str, str]]:
 
 @pytest_integration
 def test_first_apply_then_idempotent_then_targeted_changes(engine, bench, manager, fleet_settings, plugins,
-                                                           connect, ids) -> None:
+                                                           connect, ids, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="xtm_composer")
     settings = fleet_settings
     runtime = connect(settings)
     a, b, c = ids
     data = _fleet(bench, ids, **{c: {"status": "stopped"}})
     first, counted = _pass(runtime, settings, plugins, data)
+    # the seed's troubleshooting line, once per deployment (not per pull), as a single deploy logs it
+    for image in (bench.image, bench.image, bench.image2):
+        line = (f"Deploying container - Registry: {bench.registry_private}, Original image: {image}, "
+                f"Pulling: {bench.registry_private}/{image}")
+        assert line in caplog.text
+    assert caplog.text.count("Deploying container - Registry:") == 3
+    assert "Pulling image - " not in caplog.text
+    assert counted.calls["inspect"] == 0  # the list call told everything: no inspect per deploy
     assert [(s.id, s.action, s.result) for s in first.steps] == [(a, "deploy", "ok"), (b, "deploy", "ok"),
                                                                  (c, "deploy", "ok")]
     assert counted.calls["pull"] == 2  # two distinct images for three connectors: each pulled once
@@ -287,6 +306,30 @@ def test_invalid_file_changes_nothing_and_calls_no_engine(run_cli, monkeypatch, 
     assert "invalid connectors file" in err and "nothing was changed" in err
 
 
+def test_bad_env_names_and_nul_values_are_refused_by_the_file_as_a_whole(
+        run_cli, monkeypatch, tmp_path: Path) -> None:
+    """The same rule as the deploy's, before any engine call, and the value never echoed."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nothing.sock")
+    secret = "nul-secret-" + os.urandom(4).hex()
+    path = tmp_path / "c.yaml"
+    path.write_text("connectors:\n"
+                    "  - id: a1\n    image: alpine:3\n    env:\n"
+                    '      "NEW\\nLINE": x\n      "EQ=UALS": x\n      "N\\0UL": x\n'
+                    f'      TOKEN: "{secret}\\0tail"\n'
+                    "  - {id: b1, image: alpine:3, env: {OK: fine}}\n")
+    code, out, err = run_cli(["--runtime", "docker", "apply", "-f", str(path), "--json"])
+    assert code == 2, err
+    for expected in ("connectors[0] (id a1).env: invalid variable name 'NEW\\nLINE': it must not "
+                     "contain a control character",
+                     "connectors[0] (id a1).env: invalid variable name 'EQ=UALS': it must not contain '='",
+                     "connectors[0] (id a1).env: invalid variable name 'N\\x00UL': it must not contain "
+                     "a control character",
+                     "connectors[0] (id a1).env.TOKEN: the value holds a NUL character (at offset 19 of 24)",
+                     "4 problems"):
+        assert expected in err
+    assert_no_secrets(out + err, [secret])
+
+
 @pytest_integration
 def test_run_loop_follows_the_file_and_stops_cleanly_on_sigterm(engine, bench, manager, ids,
                                                                 tmp_path: Path) -> None:
@@ -367,3 +410,207 @@ def test_a_new_id_under_the_same_name_removes_then_deploys(engine, bench, manage
     (only,) = runtime.list({LABEL_MANAGER: manager})
     assert only.name == ids[0] and only.labels[LABEL_CONNECTOR] == ids[0] + "-v2"
     assert only.status == "running"
+
+
+# --- concurrent passes, wedged containers, the lock, the pause -----------------------------------
+
+
+@pytest_integration
+def test_two_apply_processes_at_once_leave_one_container_per_connector(engine, bench, manager, ids,
+                                                                      tmp_path: Path) -> None:
+    path = tmp_path / "connectors.yaml"
+    path.write_text(yaml.safe_dump(_fleet(bench, ids)))
+    env = {**os.environ, "MANAGER__ID": manager,
+           "OPENCTI__DAEMON__DOCKER__REGISTRY__URL": bench.registry_private,
+           "OPENCTI__DAEMON__DOCKER__REGISTRY__USERNAME": bench.username,
+           "OPENCTI__DAEMON__DOCKER__REGISTRY__PASSWORD": bench.password}
+    command = [sys.executable, "-m", "composer_core", "--runtime", engine, "apply", "-f", str(path),
+               "--json", "--stop-timeout", "1"]
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err
+    actions = sorted(a["action"] for out, _ in outputs for a in json.loads(out)["actions"])
+    assert actions == ["deploy"] * 3 + ["nothing"] * 3  # one deployed, the other found it done
+    containers = _listed(engine, bench, manager)
+    assert sorted(c[1] for c in containers) == sorted(ids)  # exactly one per connector
+    assert {c[0] for c in containers} == set(ids)
+    assert_no_secrets("".join(out + err for out, err in outputs), [bench.password])
+
+
+def _listed(engine: str, bench: Any, manager_id: str) -> list[tuple[str, str]]:
+    """(name, connector id) of every container of ``manager_id``, behind the composer's back."""
+    from tests.engine_helpers import raw_client
+
+    client = raw_client(engine, bench)
+    try:
+        if engine == "docker":
+            found = client.containers(all=True, filters={"label": f"{LABEL_MANAGER}={manager_id}"})
+            return [(c["Names"][0].lstrip("/"), c["Labels"][LABEL_CONNECTOR]) for c in found]
+        return [(c.name, c.labels[LABEL_CONNECTOR])
+                for c in client.containers.list(all=True, filters={"label": f"{LABEL_MANAGER}={manager_id}"})]
+    finally:
+        client.close()
+
+
+@pytest_integration
+def test_concurrent_passes_without_the_lock_still_converge(engine, bench, manager, fleet_settings,
+                                                           plugins, connect, ids) -> None:
+    """The lock is a courtesy: two passes racing on the same plan (no lock at all) neither delete
+    each other's containers nor fail, and leave exactly one container per connector."""
+    import threading
+
+    settings = fleet_settings
+    connectors = parse_connectors(_fleet(bench, ids), "test")
+    reconcilers = [Reconciler(connect(settings), settings, plugins, stop_timeout=1) for _ in range(2)]
+    planned = [r.plan(connectors)[0] for r in reconcilers]  # both plan from the same empty list
+    assert [{s.action for s in p} for p in planned] == [{"deploy"}, {"deploy"}]
+    barrier = threading.Barrier(2)
+    results: list[Any] = [None, None]
+
+    def run(i: int) -> None:
+        barrier.wait(10)
+        results[i] = reconcilers[i].run_pass(connectors)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for result in results:
+        assert result is not None and result.failed == [], [s.error for s in result.failed]
+    assert sorted(c[1] for c in _listed(engine, bench, manager)) == sorted(ids)
+
+
+@pytest_integration
+def test_a_container_failing_to_start_on_consecutive_passes_is_recreated(
+        engine, bench, manager, fleet_settings, plugins, connect, ids) -> None:
+    from composer_core.engine.deploy import container_spec
+    from composer_core.images.resolve import resolve_image
+
+    settings = fleet_settings
+    runtime = connect(settings)
+    data = _fleet(bench, ids[:1])
+    (connector,) = parse_connectors(data, "test")
+    # a container with the connector's exact spec (same config hash) that cannot start: what a
+    # crash mid-replace leaves on Podman (wedged in Initialized), made here with a missing binary
+    resolved = resolve_image(connector.image, settings, plugins)
+    spec = container_spec(resolved, connector.name, connector.env, manager=manager,
+                          connector_id=connector.id)
+    from dataclasses import replace as with_fields
+
+    from composer_core.engine.deploy import Deployer
+
+    Deployer(runtime, settings, plugins).pull(resolved)
+    wedged = runtime.create(with_fields(spec, command=("/no/such/binary",)))
+    failures: dict[str, int] = {}
+    for attempt in (1, 2):
+        result = Reconciler(runtime, settings, plugins, start_failures=failures).run_pass([connector])
+        (step,) = result.steps
+        assert (step.action, step.result) == ("start", "failed")
+        assert step.to_dict()["failed_starts"] == attempt and failures == {wedged.id: attempt}
+    assert "the next pass recreates it" in step.reason
+    result = Reconciler(runtime, settings, plugins, start_failures=failures).run_pass([connector])
+    (step,) = result.steps
+    assert (step.action, step.result) == ("recreate", "ok")
+    assert step.to_dict()["reason"].startswith("it failed to start on 2 consecutive passes")
+    (now,) = runtime.list({LABEL_MANAGER: manager})
+    assert now.id != wedged.id and now.name == connector.name and now.status == "running"
+    assert failures == {}
+
+
+def test_pass_lock_serialises_and_says_who_waits(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from composer_core.fleet.lock import PassLock, PassLockError
+
+    caplog.set_level(logging.INFO, logger="xtm_composer")
+    with PassLock("m1", "unix:///e.sock", directory=tmp_path) as held:
+        held.start_failures["abc"] = 2
+        with pytest.raises(PassLockError) as caught:
+            with PassLock("m1", "unix:///e.sock", directory=tmp_path, wait_seconds=0.5):
+                pass
+        message = str(caught.value)
+        assert "another pass of manager 'm1' on unix:///e.sock" in message
+        assert f"pid {os.getpid()}" in message and "this pass did nothing" in message
+        assert "waiting for it to finish" in caplog.text
+        # another manager, or the same manager on another engine: no wait
+        with PassLock("m2", "unix:///e.sock", directory=tmp_path, wait_seconds=0):
+            pass
+        with PassLock("m1", "unix:///other.sock", directory=tmp_path, wait_seconds=0):
+            pass
+    with PassLock("m1", "unix:///e.sock", directory=tmp_path, wait_seconds=0) as again:
+        assert again.start_failures == {"abc": 2}  # what the previous pass counted
+
+
+def test_pass_lock_is_released_when_its_process_dies(tmp_path: Path) -> None:
+    from composer_core.fleet.lock import PassLock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from composer_core.fleet.lock import PassLock\n"
+         f"lock = PassLock('m1', 'e', directory=Path({str(tmp_path)!r})).__enter__()\n"
+         "print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        holder.kill()  # kill -9: no cleanup code runs
+        holder.wait(10)
+        with PassLock("m1", "e", directory=tmp_path, wait_seconds=5):
+            pass
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def test_pause_survives_a_huge_schedule_and_stops_at_once() -> None:
+    import threading
+
+    from composer_core.cli.fleet_cmd import pause
+
+    stop = threading.Event()
+    with pytest.raises(OverflowError):  # what `run` did with execute_schedule: 1e300
+        stop.wait(1e300)
+    threading.Timer(0.2, stop.set).start()
+    pause(stop, 1e300)  # returns once stop is set, no OverflowError
+    assert stop.is_set()
+    pause(stop, float("nan"))
+    pause(threading.Event(), -5)  # a negative pause is none
+
+
+@pytest_integration
+def test_apply_says_it_waits_for_the_pass_holding_the_lock(engine, bench, manager, ids,
+                                                          runtime_dir: Path, tmp_path: Path) -> None:
+    from composer_core.fleet.lock import PassLock
+
+    endpoint = bench.docker_host if engine == "docker" else bench.podman_host
+    path = tmp_path / "connectors.yaml"
+    path.write_text(yaml.safe_dump(_fleet(bench, ids[:1])))
+    env = {**os.environ, "MANAGER__ID": manager,
+           "OPENCTI__DAEMON__DOCKER__REGISTRY__URL": bench.registry_private,
+           "OPENCTI__DAEMON__DOCKER__REGISTRY__USERNAME": bench.username,
+           "OPENCTI__DAEMON__DOCKER__REGISTRY__PASSWORD": bench.password}
+    with PassLock(manager, endpoint, directory=runtime_dir / "xtm-composer"):  # a `run` mid-pass
+        proc = subprocess.Popen([sys.executable, "-m", "composer_core", "--runtime", engine, "apply",
+                                 "-f", str(path)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        import threading
+
+        watchdog = threading.Timer(60, proc.kill)  # never hang the suite if the message is missing
+        watchdog.start()
+        try:
+            waiting = ""
+            for _ in range(20):  # bounded: the message comes before the pass does anything
+                waiting = proc.stderr.readline()
+                if not waiting or "waiting" in waiting:
+                    break
+        finally:
+            watchdog.cancel()
+        assert f"another pass of manager {manager} on {endpoint} is running (pid {os.getpid()})" \
+            in waiting and "waiting for it to finish" in waiting
+        assert _listed(engine, bench, manager) == []  # it waits: nothing done yet
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert [c[0] for c in _listed(engine, bench, manager)] == ids[:1]

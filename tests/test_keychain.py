@@ -18,6 +18,7 @@ from composer_core.auth.chain import forget_rejected, resolve_credentials
 from composer_core.errors import CredentialsError
 from composer_core.images.resolve import resolve_image
 from composer_core.types import Failed, Found, NotFound
+from composer_plugins.docker.auth import docker_auth_config
 from composer_plugins.keychain import CACHE, lookup
 from tests.conftest import assert_no_secrets
 from tests.keychain_helpers import (
@@ -211,7 +212,7 @@ def test_identity_token(home: Path, bin_dir: Path, make_settings) -> None:
     assert isinstance(result, Found)
     creds = result.credentials
     assert (creds.username, creds.password, creds.identity_token) == (None, None, HELPER_TOKEN)
-    assert creds.engine_auth() == {"serveraddress": "docker.io", "identitytoken": HELPER_TOKEN}
+    assert docker_auth_config(creds) == {"serveraddress": "docker.io", "identitytoken": HELPER_TOKEN}
     assert "identity token" in result.detail
     assert_no_secrets(result.detail + repr(creds) + str(creds.public()), SECRETS)
 
@@ -398,7 +399,7 @@ def test_pass_through_cred_helpers_and_the_chain(pass_store: PassStore, home: Pa
     image = resolve_image("registry.example.com:5443/team/app:1", settings, plugins)
     resolution = resolve_credentials(image, settings, plugins, environ=env)
     assert resolution.source == "keychain"
-    assert resolution.credentials.engine_auth() == {
+    assert docker_auth_config(resolution.credentials) == {
         "serveraddress": "registry.example.com:5443", "username": "chain-user", "password": PASS_SECRET}
     assert resolution.to_dict()["key"] == \
         "credHelpers[registry.example.com:5443] -> docker-credential-pass"

@@ -136,6 +136,27 @@ def test_parse_invalid(text: str) -> None:
     assert repr(text[:120]) in message
 
 
+@pytest.mark.parametrize(("text", "shown"), [
+    ("user:s3cr3tpw@registry.example.com/team/app:1", "'***@registry.example.com/team/app:1'"),
+    ("robot:s3cr3tpw@localhost:5000/app", "'***@localhost:5000/app'"),
+    ("a:s3cr3tpw@b@reg.io/app@sha256:" + "a" * 64, "'***@reg.io/app@sha256:" + "a" * 51),
+])
+def test_user_info_is_refused_and_the_password_never_echoed(text: str, shown: str) -> None:
+    with pytest.raises(InvalidReference) as info:
+        ImageRef.parse(text)
+    message = str(info.value)
+    assert message.startswith("image reference must not carry credentials (user:password@registry)")
+    assert shown in message
+    assert "s3cr3tpw" not in message
+
+
+@pytest.mark.parametrize("text", ["u:s3cr3tpw@host", "x:s3cr3tpw@" + "a" * 1100])
+def test_no_invalid_reference_echoes_what_precedes_an_at(text: str) -> None:
+    with pytest.raises(InvalidReference) as info:
+        ImageRef.parse(text)
+    assert "s3cr3tpw" not in str(info.value) and "***@" in str(info.value)
+
+
 @pytest.mark.parametrize("value", [None, 5, b"alpine", ["alpine"], object()])
 def test_parse_rejects_non_str(value: object) -> None:
     with pytest.raises(InvalidReference, match="must be a str"):

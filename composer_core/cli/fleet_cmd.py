@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,10 @@ from composer_core.cli.context import get_app
 from composer_core.cli.output import emit_json, emit_table, json_option
 
 log = logging.getLogger("xtm_composer.run")
+#: ``run`` sleeps between passes in slices of at most this (a huge schedule cannot overflow a
+#: wait, and a stop is seen at once), and never longer than MAX_PAUSE in all
+PAUSE_SLICE = 60.0
+MAX_PAUSE = 86400.0
 
 file_option = click.option("-f", "--file", "path", required=True, metavar="FILE",
                            type=click.Path(dir_okay=False),
@@ -42,18 +48,28 @@ def _print_pass(result: Any, dry_run: bool) -> None:
 def apply_command(path: str, dry_run: bool, stop_timeout: int, as_json: bool) -> None:
     """One reconciliation pass: deploy the missing, replace the changed, start or stop per
     status, remove the managed containers whose connector left the file. Containers without this
-    manager's label are never touched. Exits 14 when an action failed, after doing all others."""
+    manager's label are never touched. Exits 14 when an action failed, after doing all others.
+    Passes of one manager on one engine run one at a time (a file lock; the wait is logged)."""
+    from composer_core.engine.labels import manager_id
     from composer_core.engine.select import connect_runtime
     from composer_core.errors import ApplyFailed
     from composer_core.fleet.connectors import load_connectors
+    from composer_core.fleet.lock import PassLock
     from composer_core.fleet.reconcile import Reconciler
 
     app = get_app()
     connectors = load_connectors(path)  # the whole file is valid before any engine call
     runtime = connect_runtime(app.settings, app.plugins, app.runtime_override)
     try:
-        result = Reconciler(runtime, app.settings, app.plugins,
-                            stop_timeout=stop_timeout).run_pass(connectors, dry_run=dry_run)
+        lock = PassLock(manager_id(app.settings), runtime.endpoint)
+        if dry_run:  # reads only: no need to wait for another pass
+            result = Reconciler(runtime, app.settings, app.plugins, stop_timeout=stop_timeout,
+                                start_failures=lock.load_state()).run_pass(connectors,
+                                                                           dry_run=True)
+        else:
+            with lock:
+                result = Reconciler(runtime, app.settings, app.plugins, stop_timeout=stop_timeout,
+                                    start_failures=lock.start_failures).run_pass(connectors)
     finally:
         runtime.close()
     if as_json:
@@ -103,6 +119,17 @@ class _FileWatch:
                       self.path, redact.scrub(exc.message))
 
 
+def pause(stop: threading.Event, seconds: float) -> None:
+    """Wait ``seconds`` or until ``stop`` is set, in slices of at most PAUSE_SLICE: a huge
+    schedule (``1e300``) would overflow one ``Event.wait``; the whole pause is at most MAX_PAUSE."""
+    seconds = min(max(seconds, 0.0), MAX_PAUSE) if math.isfinite(seconds) else MAX_PAUSE
+    deadline = time.monotonic() + seconds
+    for _ in range(int(MAX_PAUSE / PAUSE_SLICE) + 2):  # bounded in count as well as in time
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or stop.wait(min(remaining, PAUSE_SLICE)):
+            return
+
+
 @click.command(name="run")
 @file_option
 @click.option("--stop-timeout", type=click.IntRange(min=0), default=10, show_default=True,
@@ -111,8 +138,10 @@ def run_command(path: str, stop_timeout: int) -> None:
     """Repeat `apply` every manager.execute_schedule seconds, re-reading FILE when it changes.
     SIGTERM or SIGINT: the current actions finish, then it exits cleanly. Engine or registry
     outages are logged and retried at the next cycle."""
+    from composer_core.engine.labels import manager_id
     from composer_core.engine.select import connect_runtime
     from composer_core.errors import ComposerError
+    from composer_core.fleet.lock import PassLock
     from composer_core.fleet.reconcile import Reconciler
 
     app = get_app()
@@ -134,12 +163,18 @@ def run_command(path: str, stop_timeout: int) -> None:
             try:
                 if runtime is None:
                     runtime = connect_runtime(app.settings, app.plugins, app.runtime_override)
-                reconciler = Reconciler(runtime, app.settings, app.plugins, stop_event=stop,
-                                        stop_timeout=stop_timeout)
-                result = reconciler.run_pass(watch.connectors)
+                # the lock is held for one pass only: an operator's apply goes between two passes
+                with PassLock(manager_id(app.settings), runtime.endpoint,
+                              stop_event=stop) as lock:
+                    reconciler = Reconciler(runtime, app.settings, app.plugins, stop_event=stop,
+                                            stop_timeout=stop_timeout,
+                                            start_failures=lock.start_failures)
+                    result = reconciler.run_pass(watch.connectors)
                 changed = [s for s in result.steps if s.action != "nothing"]
                 log.info("pass done: %d actions, %d failed", len(changed), len(result.failed))
             except Exception as exc:  # noqa: BLE001 - run never dies of an outage or a plugin bug
+                if stop.is_set():
+                    break
                 message = exc.message if isinstance(exc, ComposerError) else f"{type(exc).__name__}: {exc}"
                 log.error("pass failed, retrying in %gs: %s", schedule, redact.scrub(message))
                 if runtime is not None:
@@ -148,7 +183,7 @@ def run_command(path: str, stop_timeout: int) -> None:
                     except Exception:  # noqa: BLE001
                         pass
                     runtime = None
-            stop.wait(schedule)
+            pause(stop, schedule)
     finally:
         if runtime is not None:
             runtime.close()

@@ -13,7 +13,9 @@
 Deploying is idempotent: the same name with the same config hash does nothing (it only starts a
 stopped container). A changed hash replaces the container without ever leaving a half-made one or
 a stopped old one behind: the new image is pulled and the new container created *before* the old
-one is touched, and a failure after that rolls back to the old container.
+one is touched, the new one starts before the old one stops, and a failure after that rolls back
+to the old container. A failed create removes only the container that very create made (a
+per-call label), never one another process created under the same name.
 
 A pull failure becomes one readable, typed error with the engine's own text, what was sent, the
 credential trace and the remedy (:func:`explain_pull_failure`). Env values are never logged.
@@ -26,15 +28,24 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from composer_core import redact
 from composer_core.auth.chain import Resolution, forget_rejected, resolve_credentials
-from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER, is_managed, manager_id
+from composer_core.engine.labels import (
+    LABEL_CONNECTOR,
+    LABEL_CREATION,
+    LABEL_HASH,
+    LABEL_MANAGER,
+    is_managed,
+    manager_id,
+)
 from composer_core.engine.progress import ProgressFactory, no_progress
-from composer_core.engine.tls import insecure_key
+from composer_core.engine.spec import NAME_RULE, env_key_problem, env_value_problem, name_problem
+from composer_core.engine.tls import tls_decision
 from composer_core.errors import (
     AuthenticationRequired,
     ComposerError,
@@ -54,30 +65,38 @@ from composer_core.types import ContainerInfo, ContainerSpec, ResolvedImage, Run
 
 log = logging.getLogger("xtm_composer.deploy")
 
-NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 #: env variables whose values are registered with the redactor (masked in any output)
 SECRET_ENV = re.compile(r"TOKEN|PASSWORD|PASSWD|SECRET|API_?KEY|PRIVATE_?KEY|CREDENTIAL", re.I)
-Action = Literal["created", "replaced", "unchanged", "started"]
+#: after a failed create, how often and how long to look for the container another pass is making
+RACE_INSPECTS = 25
+RACE_PAUSE = 0.2
+DeployAction = Literal["created", "replaced", "unchanged", "started"]
 
 
 # --- input ------------------------------------------------------------------------------------
 
 
 def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise UsageError(f"invalid container name {name!r}",
-                         hint="a name is at least 2 characters of letters, digits, '_', '.' or "
-                              "'-', starting with a letter or a digit")
+    if name_problem(name) is not None:
+        raise UsageError(f"invalid container name {name!r}", hint=f"a name is {NAME_RULE}")
     return name
 
 
 def validate_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The rules of :mod:`composer_core.engine.spec`, the same as the connectors file's."""
     for key, value in env.items():
-        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
-            raise UsageError(f"invalid environment variable name {key!r}",
-                             hint="use --env KEY=VALUE with a non-empty KEY without '='")
+        problem = env_key_problem(key)
+        if problem is not None:
+            raise UsageError(f"invalid environment variable name {key!r}: "
+                             f"{problem.partition(': ')[2]}",
+                             hint="use --env KEY=VALUE with a non-empty KEY without '=' or "
+                                  "control characters")
         if not isinstance(value, str):
             raise UsageError(f"environment variable {key} must be a string")
+        problem = env_value_problem(value)
+        if problem is not None:
+            raise UsageError(f"environment variable {key}: {problem}",
+                             hint="remove the NUL character from the value")
         if SECRET_ENV.search(key):
             redact.register(value)
     return dict(env)
@@ -130,7 +149,7 @@ class PullResult:
 
 @dataclass(frozen=True)
 class DeployResult:
-    action: Action
+    action: DeployAction
     container: ContainerInfo
     image: ResolvedImage
     runtime: str
@@ -217,11 +236,33 @@ def _quietly(what: str, action: Callable[[], object]) -> bool:
         return False
 
 
+def container_spec(resolved: ResolvedImage, name: str, env: Mapping[str, str], *, manager: str,
+                   connector_id: str, command: Sequence[str] | None = None) -> ContainerSpec:
+    """The container a deployment wants: its name, env, command and the labels that identify it
+    (manager, connector, and the config hash of the resolved image, env and command)."""
+    reference = resolved.ref.normalized()
+    labels = {LABEL_MANAGER: manager, LABEL_CONNECTOR: connector_id,
+              LABEL_HASH: config_hash(reference, env, command)}
+    return ContainerSpec(name=name, image=reference, env=dict(env), labels=labels,
+                         command=tuple(command) if command else None)
+
+
+def is_current(container: ContainerInfo, spec: ContainerSpec) -> bool:
+    """The one "does the hash differ?" decision: ``container`` already is ``spec`` (same manager,
+    connector and config hash). Both the fleet's plan and a single deploy ask only this."""
+    return all(container.labels.get(key) == value for key, value in spec.labels.items())
+
+
 class Deployer:
     """Deploys containers onto one connected runtime with one set of settings.
 
     A deployer pulls each resolved image at most once (a pass deploying twenty connectors of the
     same image pulls it once); create a new one to pull again.
+
+    :meth:`deploy` is the whole decision for one container named by the user (the CLI): resolve,
+    look at the engine, then create, replace, start or nothing. :meth:`put` is what a caller that
+    already knows the engine's state hands over (the fleet: its plan holds the resolved image, the
+    spec and the current container): create ``spec``, or replace the current container with it.
     """
 
     def __init__(self, runtime: Runtime, settings: Settings, plugins: Plugins, *,
@@ -238,25 +279,31 @@ class Deployer:
 
     # --- pull -------------------------------------------------------------------------------
 
-    def pull(self, image: str) -> PullResult:
-        return self._pull(resolve_image(image, self.settings, self.plugins), "Pulling image")
+    def pull(self, image: str | ResolvedImage, *, quiet: bool = False) -> PullResult:
+        """Pull ``image`` (text, or already resolved). ``quiet``: the "Pulling image" line at
+        debug level (a fleet pass pulls ahead of its deployments, which log their own line)."""
+        resolved = image if isinstance(image, ResolvedImage) else resolve_image(
+            image, self.settings, self.plugins)
+        level = logging.DEBUG if quiet else logging.INFO
+        reference = resolved.ref.normalized()
+        if reference not in self._pulled:
+            log.log(level, "Pulling image - Registry: %s, Original image: %s, Pulling: %s",
+                    resolved.ref.registry, resolved.input, resolved.pull_name)
+        return self._pull(resolved)
 
-    def _pull(self, resolved: ResolvedImage, what: str) -> PullResult:
+    def _pull(self, resolved: ResolvedImage) -> PullResult:
         reference = resolved.ref.normalized()
         if reference in self._pulled:
             log.debug("%s already pulled by this deployer", reference)
             return self._pulled[reference]
-        log.info("%s - Registry: %s, Original image: %s, Pulling: %s", what, resolved.ref.registry,
-                 resolved.input, resolved.pull_name)
         resolution = resolve_credentials(resolved, self.settings, self.plugins, self.environ)
         creds = resolution.credentials
         log.debug("Pull credentials - Source: %s, Key: %s, User: %s", creds.source,
                   creds.key, creds.username)
-        tls_verify = insecure_key(self.settings, resolution.registry) is None
+        tls = tls_decision(self.settings, resolution.registry)
         try:
             with self.progress(resolved.pull_name) as callback:
-                image_id = self.runtime.pull(resolved.ref, creds, tls_verify=tls_verify,
-                                             progress=callback)
+                image_id = self.runtime.pull(resolved.ref, creds, tls=tls, progress=callback)
         except RegistryError as exc:
             if isinstance(exc, CredentialsRejected):
                 forget_rejected(resolution, self.plugins)
@@ -275,34 +322,91 @@ class Deployer:
         name = validate_name(name)
         env = validate_env(env or {})
         resolved = resolve_image(image, self.settings, self.plugins)
-        reference = resolved.ref.normalized()
-        digest = config_hash(reference, env, command)
-        labels = {LABEL_MANAGER: self.manager, LABEL_CONNECTOR: connector_id or name,
-                  LABEL_HASH: digest}
+        spec = container_spec(resolved, name, env, manager=self.manager,
+                              connector_id=connector_id or name, command=command)
         existing = self.runtime.inspect(name)
         if existing is not None and not is_managed(existing, self.manager):
-            raise ContainerError(
-                f"a container named {name!r} exists on {self.runtime.name} and is not managed by "
-                f"this manager ({LABEL_MANAGER}={self.manager}): it is left alone",
-                hint="choose another --name, or remove that container yourself")
-        if existing is not None and all(existing.labels.get(k) == v for k, v in labels.items()):
-            return self._unchanged(existing, resolved, digest, start)
-        pulled = self._pull(resolved, "Deploying container")
-        log.debug("Container %s - env keys: %s", name, ", ".join(sorted(env)) or "(none)")
-        spec = ContainerSpec(name=name, image=reference, env=env, labels=labels,
-                             command=tuple(command) if command else None)
-        if existing is None:
-            self._create_and_start(spec, start)
-            action: Action = "created"
-        else:
-            self._replace(existing, spec, start)
-            action = "replaced"
+            raise self._not_ours(name)
+        if existing is not None and is_current(existing, spec):
+            return self._unchanged(existing, resolved, spec.labels[LABEL_HASH], start)
+        result = self.put(resolved, spec, existing, start=start)
+        if result.action == "unchanged":
+            return result
         info = self.runtime.inspect(name)
         if info is None:
             raise ContainerError(f"container {name!r} vanished right after it was started")
-        log.info("Container %s %s%s (image %s, config hash %s)", name, action,
-                 " and started" if start else ", left stopped", reference, digest[:12])
+        return replace(result, container=info)
+
+    def put(self, resolved: ResolvedImage, spec: ContainerSpec, existing: ContainerInfo | None, *,
+            start: bool = True) -> DeployResult:
+        """Create ``spec`` (``existing`` is ``None``: the name is free as far as the caller knows)
+        or replace ``existing`` with it (the caller has decided that it is not current).
+
+        Pulls (once per deployer), then creates and, unless ``start`` is false, starts. The
+        result's container is built from what the engine answered, without another inspect.
+        """
+        digest = spec.labels[LABEL_HASH]
+        # the seed's troubleshooting line, for every deployment whichever path it takes
+        log.info("Deploying container - Registry: %s, Original image: %s, Pulling: %s",
+                 resolved.ref.registry, resolved.input, resolved.pull_name)
+        pulled = self._pull(resolved)
+        log.debug("Container %s - env keys: %s", spec.name, ", ".join(sorted(spec.env)) or "(none)")
+        if existing is None:
+            try:
+                info = self._create_and_start(spec, start)
+            except ContainerError as exc:
+                raced = self._deployed_meanwhile(spec, exc)
+                if raced is None:
+                    raise
+                log.info("Container %s was deployed meanwhile by another pass (same config "
+                         "hash %s): nothing to do", spec.name, digest[:12])
+                return DeployResult("unchanged", raced, resolved, self.runtime.name, digest,
+                                    pulled)
+            action: DeployAction = "created"
+        else:
+            info = self._replace(existing, spec, start)
+            action = "replaced"
+        log.info("Container %s %s%s (image %s, config hash %s)", spec.name, action,
+                 " and started" if start else ", left stopped", spec.image, digest[:12])
         return DeployResult(action, info, resolved, self.runtime.name, digest, pulled)
+
+    def recreate(self, resolved: ResolvedImage, spec: ContainerSpec, wedged: ContainerInfo, *,
+                 start: bool = True) -> DeployResult:
+        """Remove ``wedged`` (a container that keeps failing to start) and create ``spec`` anew.
+
+        Not a replacement: a wedged container is not running, so there is nothing to keep up, and
+        an engine that cannot start it may not rename it either."""
+        log.warning("Container %s failed to start on consecutive passes: recreating it",
+                    spec.name)
+        self._pull(resolved)  # before the old one goes: a pull failure leaves it as it is
+        self.runtime.remove(wedged.id, force=True)
+        result = self.put(resolved, spec, None, start=start)
+        return result
+
+    def _not_ours(self, name: str) -> ContainerError:
+        return ContainerError(
+            f"a container named {name!r} exists on {self.runtime.name} and is not managed by "
+            f"this manager ({LABEL_MANAGER}={self.manager}): it is left alone",
+            hint="choose another name, or remove that container yourself")
+
+    def _deployed_meanwhile(self, spec: ContainerSpec, error: ContainerError) -> ContainerInfo | None:
+        """After a failed create: the container another pass made under this name with exactly
+        this spec (two passes raced), or ``None``. A container of someone else is named as such."""
+        found = self.runtime.inspect(spec.name)
+        # Docker reserves a name when a create begins and shows the container only once it is
+        # made: after a name conflict, the other pass's create may still be under way. Wait for
+        # it, briefly (both engines say "already in use").
+        conflict = "already in use" in error.message.lower()
+        for _ in range(RACE_INSPECTS if conflict else 0):
+            if found is not None:
+                break
+            time.sleep(RACE_PAUSE)
+            found = self.runtime.inspect(spec.name)
+        if found is None:
+            return None
+        if not is_managed(found, self.manager):
+            raise self._not_ours(spec.name) from None
+        return found if is_current(found, spec) else None
 
     def _unchanged(self, existing: ContainerInfo, resolved: ResolvedImage,
                    digest: str, start: bool = True) -> DeployResult:
@@ -315,43 +419,51 @@ class Deployer:
         info = self.runtime.inspect(existing.name) or existing
         return DeployResult("started", info, resolved, self.runtime.name, digest)
 
-    def _create_and_start(self, spec: ContainerSpec, start: bool = True) -> None:
+    # --- create, replace: never half-made, never destroying what another process made -----
+
+    def _create(self, spec: ContainerSpec) -> ContainerInfo:
+        """Create ``spec`` with a creation label unique to this call. If the create fails, only a
+        container carrying that very label can be the engine's half-made one: the cleanup
+        removes that one, by id, and never a container another process created under the name
+        (a 409 on create means exactly that)."""
+        creation = secrets.token_hex(8)
+        labelled = replace(spec, labels={**spec.labels, LABEL_CREATION: creation})
         try:
-            created = self.runtime.create(spec)
+            return self.runtime.create(labelled)
         except ComposerError:
-            self._discard_half_made(spec)
+            found = self.runtime.inspect(spec.name)
+            if found is not None and found.labels.get(LABEL_CREATION) == creation:
+                _quietly(f"removing half-made container {spec.name!r}",
+                         lambda: self.runtime.remove(found.id, force=True))
             raise
+
+    def _create_and_start(self, spec: ContainerSpec, start: bool = True) -> ContainerInfo:
+        created = self._create(spec)
         if not start:
-            return
+            return created
         try:
             self.runtime.start(spec.name)
         except ComposerError:
             _quietly(f"removing container {spec.name!r} that failed to start",
                      lambda: self.runtime.remove(created.id, force=True))
             raise
+        return replace(created, status="running")
 
-    def _discard_half_made(self, spec: ContainerSpec) -> None:
-        # Only a container carrying exactly our labels can be ours: never remove another one.
-        found = self.runtime.inspect(spec.name)
-        if found is not None and dict(found.labels).items() >= dict(spec.labels).items():
-            _quietly(f"removing half-made container {spec.name!r}",
-                     lambda: self.runtime.remove(found.id, force=True))
-
-    def _replace(self, old: ContainerInfo, spec: ContainerSpec, start: bool = True) -> None:
+    def _replace(self, old: ContainerInfo, spec: ContainerSpec, start: bool = True) -> ContainerInfo:
+        """The new container runs before the old one stops, so a connector is down only for the
+        time its new container takes to start, and a process killed anywhere in between leaves a
+        running connector (under its name or the ``-xtm-old-`` one) for the next pass to tidy."""
         runtime = self.runtime
         token = secrets.token_hex(4)
         staged = replace(spec, name=f"{spec.name}-xtm-new-{token}")
         backup = f"{spec.name}-xtm-old-{token}"
         was_running = old.status in ("running", "restarting")
         # 1. the new container exists before the old one is touched
-        created = self._create_staged(staged)
-        # 2. the old one steps aside (stopped, renamed); 3. the new one takes the name and starts
-        step = "stopping the old container"
+        created = self._create(staged)
+        # 2. the old one steps aside, still running; 3. the new one takes the name and starts
+        step = "renaming the old container"
         renamed_old = False
         try:
-            if was_running:
-                runtime.stop(old.id, timeout=self.stop_timeout)
-            step = "renaming the old container"
             runtime.rename(old.id, backup)
             renamed_old = True
             step = "renaming the new container"
@@ -366,19 +478,14 @@ class Deployer:
             if renamed_old:
                 _quietly("giving the old container its name back",
                          lambda: runtime.rename(old.id, spec.name))
-            if was_running:
-                _quietly("restarting the old container", lambda: runtime.start(old.id))
             raise
-        # 4. the old one goes
+        # 4. the old one stops (gracefully: the new one already runs) and goes
+        if was_running:
+            _quietly(f"stopping the old container (now {backup!r})",
+                     lambda: runtime.stop(old.id, timeout=self.stop_timeout))
         _quietly(f"removing the old container (now {backup!r})",
                  lambda: runtime.remove(old.id, force=True))
-
-    def _create_staged(self, staged: ContainerSpec) -> ContainerInfo:
-        try:
-            return self.runtime.create(staged)
-        except ComposerError:
-            self._discard_half_made(staged)
-            raise
+        return replace(created, name=spec.name, status="running" if start else "created")
 
 
 def deploy(runtime: Runtime, settings: Settings, plugins: Plugins, image: str, name: str,

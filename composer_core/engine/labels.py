@@ -11,6 +11,9 @@ from composer_core.types import ContainerInfo, Runtime
 LABEL_MANAGER = "opencti-manager"
 LABEL_CONNECTOR = "opencti-connector-id"
 LABEL_HASH = "opencti-config-hash"
+#: Unique to one create call: what lets a failed create remove the engine's half-made container
+#: and nothing else (another process may have created a container under the same name).
+LABEL_CREATION = "xtm-composer-creation"
 
 
 def manager_id(settings: Settings) -> str:

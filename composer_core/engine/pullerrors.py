@@ -3,6 +3,8 @@ both engines report the same failure the same way."""
 
 from __future__ import annotations
 
+import re
+
 from composer_core import redact
 from composer_core.errors import (
     AuthenticationRequired,
@@ -21,6 +23,9 @@ _TLS = ("x509:", "certificate", "server gave http response to https client", "tl
 _UNREACHABLE = ("connection refused", "no route to host", "i/o timeout", "no such host",
                 "network is unreachable", "connection reset", "context deadline exceeded",
                 "dial tcp", "timeout")
+# Go's io.EOF / io.ErrUnexpectedEOF: the registry closed the connection (Docker and Podman both
+# say `Get "http://host/v2/": EOF` when a registry dies mid-pull or accepts and hangs up)
+_EOF = re.compile(r"(?<![a-z0-9_])(?:unexpected )?eof(?![a-z0-9_])")
 _NOT_FOUND = ("manifest unknown", "name unknown", "not found", "does not exist")
 
 
@@ -35,7 +40,7 @@ def classify_pull_failure(text: str, credentials: AnyCredentials) -> RegistryErr
     lowered = engine_text.lower()
     if any(word in lowered for word in _TLS):
         return RegistryTLSError(engine_text)
-    if any(word in lowered for word in _UNREACHABLE):
+    if any(word in lowered for word in _UNREACHABLE) or _EOF.search(lowered):
         return RegistryUnreachable(engine_text)
     if any(word in lowered for word in _UNAUTHORIZED):
         if credentials.anonymous:

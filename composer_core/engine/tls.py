@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from composer_core.auth.registries import canonical_host
 from composer_core.images.reference import InvalidRegistryURL, normalize_registry_url
@@ -55,3 +56,19 @@ def is_loopback_registry(registry: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@dataclass(frozen=True)
+class TlsDecision:
+    """What an engine needs to know of the TLS policy of one pull: whether to verify the
+    registry's certificate, and the settings key that decided otherwise (``None`` when verified)."""
+
+    verify: bool
+    setting: str | None
+
+
+def tls_decision(settings: Settings, registry: str) -> TlsDecision:
+    """The TLS decision for a pull from ``registry``: verify unless a settings entry marks it
+    ``insecure: true`` (that entry's key is the decision's ``setting``)."""
+    key = insecure_key(settings, registry)
+    return TlsDecision(verify=key is None, setting=key)

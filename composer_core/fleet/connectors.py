@@ -20,16 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from composer_core.engine.spec import NAME_PATTERN, env_key_problem, env_value_problem
 from composer_core.errors import UsageError
 from composer_core.images.reference import ImageRef, InvalidReference
 from composer_core.yamlfile import YamlFileError, read_yaml
 
-Status = Literal["started", "stopped"]
+ConnectorStatus = Literal["started", "stopped"]
 STATUSES = ("started", "stopped")
 KEYS = frozenset({"id", "name", "image", "env", "status"})
 # ids become label values and default container names: the container-name alphabet
 ID_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
-NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Connector:
     name: str
     image: str
     env: Mapping[str, str] = field(default_factory=dict)
-    status: Status = "started"
+    status: ConnectorStatus = "started"
 
 
 class InvalidConnectorsFile(UsageError):
@@ -67,16 +67,20 @@ def _env(where: str, raw: Any, problems: list[str]) -> dict[str, str]:
         return {}
     env: dict[str, str] = {}
     for key, value in raw.items():
-        if not isinstance(key, str) or not key or "=" in key:
-            problems.append(f"{where}.env: invalid variable name {key!r}")
+        key_problem = env_key_problem(key)
+        if key_problem is not None:
+            problems.append(f"{where}.env: {key_problem}")
         elif isinstance(value, (Mapping, list)) or value is None:
             # the value is not shown: it may be a secret
             problems.append(f"{where}.env.{key}: must be a string, number or boolean, "
                             f"not {'null' if value is None else type(value).__name__}")
-        elif isinstance(value, bool):
-            env[key] = "true" if value else "false"
         else:
-            env[key] = str(value)
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            value_problem = env_value_problem(text)
+            if value_problem is not None:
+                problems.append(f"{where}.env.{key}: {value_problem}")
+            else:
+                env[key] = text
     return env
 
 

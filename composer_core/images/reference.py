@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import re
 from functools import lru_cache
 from typing import Final
 
@@ -68,8 +69,27 @@ def _quote(text: str) -> str:
     return repr(text) if len(text) <= 120 else repr(text[:120]) + "..."
 
 
+# An "@" that starts a digest ("@sha256:<hex>"); any other "@" may end user info (user:pw@host).
+_DIGEST_AT: Final = re.compile(r"@(?=[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$)")
+
+
+def _user_info_end(text: str) -> int:
+    """The index of the last "@" that does not start a digest, or -1."""
+    at = text.rfind("@")
+    while at >= 0 and _DIGEST_AT.match(text, at):
+        at = text.rfind("@", 0, at)
+    return at
+
+
+def _shown(text: str) -> str:
+    """``text`` as an error may show it: what precedes a non-digest "@" (followed by a host) may
+    be a password."""
+    at = _user_info_end(text)
+    return text if at < 0 or at == len(text) - 1 else "***" + text[at:]
+
+
 def _invalid(rule: str, text: str) -> InvalidReference:
-    return InvalidReference(f"{rule}: {_quote(text)}")
+    return InvalidReference(f"{rule}: {_quote(_shown(text))}")
 
 
 def _message(exc: Exception) -> str:
@@ -187,6 +207,10 @@ def _parse(text: str) -> ImageRef:
     # "alpine\n" would parse as alpine. Valid references are printable ASCII: refuse the rest.
     if not (text.isascii() and text.isprintable()):
         raise _invalid("invalid reference format", text)
+    if "@" in text.partition("/")[0] and "/" in text[_user_info_end(text):]:
+        # Docker refuses user:password@host/image too; say why, and never echo the password
+        raise _invalid("image reference must not carry credentials (user:password@registry): "
+                       "put them in the registry settings or a credential store", text)
     try:
         ref = _ref.Reference.parse_normalized_named(text)
     except (_ref.InvalidReference, _digest.InvalidDigest) as exc:

@@ -19,11 +19,12 @@ from docker.errors import APIError, DockerException, NotFound, TLSParameterError
 
 from composer_core import redact
 from composer_core.engine.pullerrors import classify_pull_failure, reason_of
-from composer_core.engine.tls import insecure_key
+from composer_core.engine.tls import TlsDecision
 from composer_core.errors import ContainerError, ContainerNotFound, RegistryError, RuntimeUnavailable
 from composer_core.images.reference import ImageRef
 from composer_core.settings import Settings
 from composer_core.types import AnyCredentials, ContainerInfo, ContainerSpec, PullProgress
+from composer_plugins.docker.auth import docker_auth_config
 from composer_plugins.docker.client import SUPPORTED_SCHEMES, ConfigFreeAPIClient
 from composer_plugins.docker.daemon import require_insecure_allowed
 
@@ -118,10 +119,9 @@ class DockerRuntime:
 
     name = "docker"
 
-    def __init__(self, api: docker.APIClient, endpoint: str, settings: Settings) -> None:
+    def __init__(self, api: docker.APIClient, endpoint: str) -> None:
         self.api = api
         self.endpoint = endpoint
-        self.settings = settings
         self._registry_config: Mapping[str, Any] | None = None
 
     @classmethod
@@ -137,7 +137,7 @@ class DockerRuntime:
                 hint="start dockerd, or point DOCKER_HOST (or opencti.daemon.docker.endpoint) "
                      "at a running daemon") from None
         api.timeout = CALL_TIMEOUT
-        return cls(api, endpoint, settings)
+        return cls(api, endpoint)
 
     def close(self) -> None:
         self.api.close()
@@ -165,16 +165,16 @@ class DockerRuntime:
                 self._registry_config = self.api.info().get("RegistryConfig") or {}
         return self._registry_config
 
-    def pull(self, image: ImageRef, credentials: AnyCredentials, *, tls_verify: bool,
+    def pull(self, image: ImageRef, credentials: AnyCredentials, *, tls: TlsDecision,
              progress: Callable[[PullProgress], None] | None = None) -> str:
         reference = image.normalized()
-        if not tls_verify:
-            key = insecure_key(self.settings, image.registry) or "the settings"
-            require_insecure_allowed(self._daemon_registry_config(), image.registry, key=key,
-                                     endpoint=self.endpoint)
+        if not tls.verify:
+            # the daemon, not the client, decides whether TLS may be skipped for a registry
+            require_insecure_allowed(self._daemon_registry_config(), image.registry,
+                                     key=tls.setting or "the settings", endpoint=self.endpoint)
         # An explicit auth, even empty: with None, docker-py would send whatever its own
         # config.json holds for the registry, bypassing the credential chain.
-        auth = credentials.engine_auth() or {}
+        auth = docker_auth_config(credentials)
         tag = image.digest or image.tag or "latest"
         try:
             # closed on every exit, an error event included: that closes the HTTP response

@@ -5,14 +5,13 @@ goes through the raw endpoint on purpose:
 
 * podman-py sends no ``X-Registry-Auth`` header for an empty auth, and the Podman service then
   uses its *own* user's auth files (podman-py#553). An anonymous pull here sends an explicit empty
-  auth map (``{}``), which the service reads as "no credentials".
+  auth map (``{}``), which the service reads as "no credentials" (:mod:`composer_plugins.podman.auth`).
 * podman-py has been seen to return an empty image after a failed pull; the stream is read here
   and a pull without an ``error`` and without an image id is a failure too.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import struct
@@ -26,32 +25,17 @@ from podman import PodmanClient
 
 from composer_core import redact
 from composer_core.engine.pullerrors import classify_pull_failure, reason_of
-from composer_core.engine.tls import is_loopback_registry
+from composer_core.engine.tls import TlsDecision, is_loopback_registry
 from composer_core.errors import ContainerError, ContainerNotFound, RegistryError, RuntimeUnavailable
 from composer_core.images.reference import ImageRef
 from composer_core.settings import Settings
 from composer_core.timestamps import parse_time
 from composer_core.types import AnyCredentials, ContainerInfo, ContainerSpec, PullProgress
+from composer_plugins.podman.auth import registry_auth_header
 from composer_plugins.podman.endpoint import resolve_endpoint
 
 PING_TIMEOUT = 5
 CALL_TIMEOUT = 60
-
-
-def encode_auth(auth: Mapping[str, str] | None) -> str:
-    """The ``X-Registry-Auth`` value: base64url JSON of an auth *map*, ``{}`` when anonymous.
-
-    The map form (``{registry: {"username", "password"}}`` or ``{registry: {"identitytoken"}}``)
-    is what the Podman service scopes per registry: it writes it to a temporary auth file and
-    looks each registry up there. A single config (``{"username", "password", "serveraddress"}``)
-    would be sent by the service to *every* registry the pull contacts (registries.conf mirrors,
-    short-name candidates...). ``{}`` is an empty map: no credentials, and not the service's own.
-    """
-    scoped: dict[str, dict[str, str]] = {}
-    if auth:
-        entry = {key: value for key, value in auth.items() if key != "serveraddress"}
-        scoped[str(auth["serveraddress"])] = entry
-    return base64.urlsafe_b64encode(json.dumps(scoped).encode()).decode()
 
 
 def _error_text(response: Any) -> str:
@@ -119,7 +103,6 @@ class PodmanRuntime:
     def __init__(self, client: PodmanClient, endpoint: str, settings: Settings) -> None:
         self.client = client
         self.endpoint = endpoint
-        self.settings = settings
         self.loopback_insecure = settings.get("opencti.daemon.podman.loopback_insecure", True) is True
 
     @classmethod
@@ -165,13 +148,13 @@ class PodmanRuntime:
 
     # --- images ---------------------------------------------------------------------------
 
-    def pull(self, image: ImageRef, credentials: AnyCredentials, *, tls_verify: bool,
+    def pull(self, image: ImageRef, credentials: AnyCredentials, *, tls: TlsDecision,
              progress: Callable[[PullProgress], None] | None = None) -> str:
         reference = image.normalized()
         # Parity with Docker, which never verifies TLS for registries on loopback.
-        verify = tls_verify and not (self.loopback_insecure and is_loopback_registry(image.registry))
+        verify = tls.verify and not (self.loopback_insecure and is_loopback_registry(image.registry))
         params = {"reference": reference, "tlsVerify": verify, "policy": "always"}
-        headers = {"X-Registry-Auth": encode_auth(credentials.engine_auth())}
+        headers = {"X-Registry-Auth": registry_auth_header(credentials)}
         image_id: str | None = None
         with self._connection(f"pulling {reference}"):
             # the streamed response is closed on every exit, errors included
