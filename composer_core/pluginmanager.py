@@ -23,13 +23,14 @@ import pluggy
 
 from composer_core import hookspecs
 from composer_core.errors import PluginError
+from composer_core.settings.spec import SettingsSpec
 from composer_core.types import CredentialProvider, ImageResolver, RuntimeBackend, as_list
 
 GROUP = "xtm_composer"
 log = logging.getLogger("xtm_composer.plugins")
 
 Status = Literal["active", "disabled", "failed"]
-R = TypeVar("R", ImageResolver, CredentialProvider, RuntimeBackend)
+R = TypeVar("R", ImageResolver, CredentialProvider, RuntimeBackend, SettingsSpec)
 
 
 @dataclass
@@ -192,6 +193,10 @@ class Plugins:
     def credential_providers(self) -> dict[str, CredentialProvider]:
         return self._named("composer_credential_providers", CredentialProvider,
                            "credential provider")
+
+    def settings_specs(self) -> dict[str, SettingsSpec]:
+        """The settings specs of the active plugins (hook ``composer_settings``), by name."""
+        return self._named("composer_settings", SettingsSpec, "settings spec")
 
     def runtime_backends(self) -> dict[str, RuntimeBackend]:
         return self._named("composer_runtime_backends", RuntimeBackend, "runtime backend")

@@ -158,7 +158,7 @@ class Reconciler:
         self.manager = manager_id(settings)
         self.stop_event = stop_event or threading.Event()
         self.stop_timeout = stop_timeout
-        self.max_parallel = int(settings.get("manager.max_parallel", 4))
+        self.max_parallel = int(settings.get("manager.max_parallel"))
         # loaded here, once, rather than lazily by the first of several worker threads
         plugins.credential_providers()
         self._deployer_factory = deployer_factory or (

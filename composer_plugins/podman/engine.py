@@ -120,7 +120,7 @@ class PodmanRuntime:
         self.client = client
         self.endpoint = endpoint
         self.settings = settings
-        self.loopback_insecure = settings.get("opencti.daemon.podman.loopback_insecure", True) is True
+        self.loopback_insecure = settings.get("opencti.daemon.podman.loopback_insecure") is True
 
     @classmethod
     def connect(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> PodmanRuntime:
