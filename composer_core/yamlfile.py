@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from composer_core.files import LIMIT_CONNECTORS, FileReadError, read_text
 
@@ -43,24 +43,6 @@ class YamlFileError(Exception):
         self.missing = missing
 
 
-class _StrictConstructor(SafeConstructor):
-    def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, MappingNode):
-            seen: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                try:
-                    if key in seen:
-                        raise _DuplicateKey(key, seen[key], line)
-                    seen[key] = line
-                except TypeError:
-                    continue  # an unhashable key: SafeConstructor reports it below
-        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
-
-
 class _DuplicateKey(Exception):
     def __init__(self, key: Any, first: int, again: int) -> None:
         super().__init__(key)
@@ -72,29 +54,36 @@ try:
 except ImportError:  # pragma: no cover - PyYAML built without libyaml
     _Parser = None
 if _Parser is not None:
-    class _Loader(_Parser, _StrictConstructor, yaml.resolver.Resolver):  # type: ignore[misc, valid-type]
+    class _Loader(_Parser, SafeConstructor, yaml.resolver.Resolver):  # type: ignore[misc, valid-type]
         def __init__(self, stream: str) -> None:
             _Parser.__init__(self, stream)
-            _StrictConstructor.__init__(self)
+            SafeConstructor.__init__(self)
             yaml.resolver.Resolver.__init__(self)
 else:  # pragma: no cover - PyYAML without libyaml
     class _Loader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser,  # type: ignore[no-redef]
-                  yaml.composer.Composer, _StrictConstructor, yaml.resolver.Resolver):
+                  yaml.composer.Composer, SafeConstructor, yaml.resolver.Resolver):
         def __init__(self, stream: str) -> None:
             yaml.reader.Reader.__init__(self, stream)
             yaml.scanner.Scanner.__init__(self)
             yaml.parser.Parser.__init__(self)
             yaml.composer.Composer.__init__(self)
-            _StrictConstructor.__init__(self)
+            SafeConstructor.__init__(self)
             yaml.resolver.Resolver.__init__(self)
 
 
-def _check_shape(root: Node) -> None:
-    """Refuse a graph that expands beyond :data:`MAX_NODES` or nests beyond :data:`MAX_DEPTH`.
+_TAG = "tag:yaml.org,2002:"
+_STR, _NULL, _MAP, _SEQ, _MERGE = (_TAG + t for t in ("str", "null", "map", "seq", "merge"))
 
-    Aliases make the composed document a graph whose nodes are shared: sizes are memoised per
-    node, so the walk is linear in the *written* document, whatever it would expand to."""
-    done: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded size, depth)
+
+def _build(loader: Any, root: Node) -> Any:
+    """Construct the document ``root`` in one iterative walk of the composed graph, refusing on
+    the way what :func:`parse_yaml` promises to refuse.
+
+    Aliases make the graph's nodes shared: each node is built once and its expanded size and
+    depth memoised, so the walk is linear in the *written* document whatever it would expand to.
+    Plain mappings, sequences, strings and nulls are built here (the hot path); every other tag
+    goes to PyYAML's safe constructor."""
+    done: dict[int, tuple[Any, int, int]] = {}  # id(node) -> (value, expanded size, depth)
     on_path: set[int] = set()
     stack: list[tuple[Node, bool]] = [(root, False)]
     while stack:
@@ -102,29 +91,61 @@ def _check_shape(root: Node) -> None:
         ident = id(node)
         if children_done:
             on_path.discard(ident)
-            size, depth = 1, 1
-            for child in _children(node):
-                child_size, child_depth = done[id(child)]
-                size += child_size
-                depth = max(depth, child_depth + 1)
-            if size > MAX_NODES:
-                raise _Shape(node, f"expands to more than {MAX_NODES:,} values through its aliases "
-                                   "(an alias bomb?)")
-            if depth > MAX_DEPTH:
-                raise _Shape(node, f"is nested more than {MAX_DEPTH} levels deep")
-            done[ident] = (size, depth)
+            done[ident] = _finish(loader, node, done)
             continue
         if ident in done:
             continue
+        if isinstance(node, ScalarNode):
+            tag = node.tag
+            value = node.value if tag == _STR else None if tag == _NULL else loader.construct_object(node)
+            done[ident] = (value, 1, 1)
+            continue
         if ident in on_path:
             raise _Shape(node, "refers to itself through an alias")
+        if len(on_path) >= MAX_DEPTH:
+            raise _Shape(node, f"is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(node, MappingNode):
+            _refuse_duplicates(node)
+            if any(key.tag == _MERGE for key, _ in node.value):
+                loader.flatten_mapping(node)
         on_path.add(ident)
         stack.append((node, True))
-        if len(on_path) > MAX_DEPTH:
-            raise _Shape(node, f"is nested more than {MAX_DEPTH} levels deep")
-        for child in _children(node):
-            if id(child) not in done:
-                stack.append((child, False))
+        stack.extend((child, False) for child in _children(node) if id(child) not in done)
+    return done[id(root)][0]
+
+
+def _finish(loader: Any, node: Node, done: dict[int, tuple[Any, int, int]]) -> tuple[Any, int, int]:
+    children = [done[id(child)] for child in _children(node)]
+    size = 1 + sum(child[1] for child in children)
+    depth = 1 + max((child[2] for child in children), default=0)
+    if size > MAX_NODES:
+        raise _Shape(node, f"expands to more than {MAX_NODES:,} values through its aliases "
+                           "(an alias bomb?)")
+    if depth > MAX_DEPTH:
+        raise _Shape(node, f"is nested more than {MAX_DEPTH} levels deep")
+    if node.tag == _SEQ:
+        return [child[0] for child in children], size, depth
+    if node.tag == _MAP:
+        value: dict[Any, Any] = {}
+        for i in range(0, len(children), 2):
+            try:
+                value[children[i][0]] = children[i + 1][0]
+            except TypeError:
+                raise ConstructorError("while constructing a mapping", node.start_mark,
+                                       "found an unhashable key", node.value[i // 2][0].start_mark) from None
+        return value, size, depth
+    return loader.construct_object(node, deep=True), size, depth
+
+
+def _refuse_duplicates(node: MappingNode) -> None:
+    seen: dict[tuple[str, str], int] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, ScalarNode) or key_node.tag == _MERGE:
+            continue
+        key, line = (key_node.tag, key_node.value), key_node.start_mark.line + 1
+        if key in seen:
+            raise _DuplicateKey(key_node.value, seen[key], line)
+        seen[key] = line
 
 
 def _children(node: Node) -> list[Node]:
@@ -155,8 +176,7 @@ def parse_yaml(text: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        _check_shape(node)
-        return loader.construct_document(node)
+        return _build(loader, node)
     except yaml.reader.ReaderError as exc:
         what = "a NUL character" if exc.character in (0, "\0") else "a control character"
         raise YamlFileError(f"not valid YAML{_at(text, exc.position)}: {what} is not allowed "

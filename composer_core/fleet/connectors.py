@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from composer_core.errors import UsageError
+from composer_core.files import LIMIT_CONNECTORS
 from composer_core.images.reference import ImageRef, InvalidReference
 from composer_core.yamlfile import YamlFileError, read_yaml
 
@@ -152,9 +153,9 @@ def parse_connectors(data: Any, path: str) -> list[Connector]:
 def load_connectors(path: str | Path) -> list[Connector]:
     p = Path(path)
     try:
-        data = read_yaml(p)
+        data = read_yaml(p, limit=LIMIT_CONNECTORS, what="connectors file")
     except YamlFileError as exc:
         if exc.unreadable:
-            raise UsageError(f"connectors file: {exc.reason}", hint="pass the file with -f FILE") from None
+            raise UsageError(exc.reason, hint="pass the file with -f FILE") from None
         raise InvalidConnectorsFile(str(p), [exc.reason]) from None
     return parse_connectors(data, str(p))

@@ -19,6 +19,7 @@ text like any other (the loader does not use dynaconf: see docs/settings.md).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import logging
 import os
@@ -32,7 +33,7 @@ from typing import Any
 from composer_core import redact
 from composer_core.errors import SettingsError
 from composer_core.files import LIMIT_SETTINGS
-from composer_core.settings.model import Settings, UnknownKey, describe, secrets_in
+from composer_core.settings.model import Settings, UnknownKey, describe
 from composer_core.settings.spec import SettingsSpec
 from composer_core.yamlfile import MAX_DEPTH, YamlFileError, parse_yaml, read_yaml
 
@@ -107,8 +108,7 @@ def env_value(name: str, raw: str) -> Any:
             return parse_yaml(text)
         except YamlFileError as exc:
             # the reason names a position, never the content: the value may hold a password
-            raise SettingsError(f"environment variable {name}: its list or mapping value is "
-                                f"{exc.reason.removeprefix('not valid YAML ')}",
+            raise SettingsError(f"environment variable {name}: its value is {exc.reason}",
                                 hint='write JSON, such as ["a", "b"] or [{"url": "reg.io:5000", '
                                      '"username": "u", "password": "p"}]') from None
     return raw
@@ -118,10 +118,10 @@ def _env_layer(environ: Mapping[str, str]) -> Layer:
     data: dict[str, Any] = {}
     origins: dict[str, str] = {}
     for name, raw in sorted(environ.items()):
-        parts = name.split("__")
-        if len(parts) < 2 or parts[0].lower() not in SECTIONS or not all(parts):
+        names = name.split("__")
+        if len(names) < 2 or names[0].lower() not in SECTIONS or not all(names):
             continue
-        dotted = ".".join(p.lower() for p in parts)
+        dotted = ".".join(p.lower() for p in names)
         node = data
         for part in dotted.split(".")[:-1]:
             child = node.get(part)
@@ -130,6 +130,9 @@ def _env_layer(environ: Mapping[str, str]) -> Layer:
             node = child
         node[dotted.rsplit(".", 1)[-1]] = env_value(name, raw)
         origins[dotted] = f"environment variable {name}"
+        parts = dotted.split(".")
+        for i in range(1, len(parts)):  # a section the variable creates is named by it too
+            origins.setdefault(".".join(parts[:i]), f"environment variable {name}")
     return Layer("environment", data, origins)
 
 
@@ -167,6 +170,7 @@ class _Merge:
         self.data: dict[str, Any] = {}
         self.sources: dict[str, str] = {}
         self.shape_problems: list[tuple[str, str]] = []
+        self.data_after_defaults: dict[str, Any] = {}
 
     def layer(self, layer: Layer) -> None:
         self._into(self.data, layer.data, layer, "", 0)
@@ -240,25 +244,43 @@ def _schema(defaults: Iterable[Mapping[str, Any]], owned: Iterable[str]) -> dict
     return schema
 
 
-def _unknown_keys(layers: Iterable[Layer], schema: Mapping[str, Any]) -> list[UnknownKey]:
+def _shape(value: Any) -> type:
+    return dict if isinstance(value, Mapping) else list if isinstance(value, list) else object
+
+
+def _nearest(key: str, value: Any, known: Mapping[str, Any], defaults: Any) -> str | None:
+    """The known sibling ``key`` was most likely meant to be: the closest spelling, preferring
+    one of the same shape (``registri: {url: ...}`` means ``registry``, not ``registries``)."""
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    if not close:
+        return None
+    siblings = defaults if isinstance(defaults, Mapping) else {}
+    same = [c for c in close if c in siblings and _shape(siblings[c]) is _shape(value)]
+    return (same or close)[0]
+
+
+def _unknown_keys(layers: Iterable[Layer], schema: Mapping[str, Any],
+                  defaults: Mapping[str, Any]) -> list[UnknownKey]:
     found: dict[str, UnknownKey] = {}
     for layer in layers:
         if layer.defaults:
             continue
-        stack: list[tuple[Mapping[str, Any], Mapping[str, Any], str]] = [(layer.data, schema, "")]
+        stack: list[tuple[Mapping[str, Any], Mapping[str, Any], Any, str]] = [
+            (layer.data, schema, defaults, "")]
         while stack:
-            data, known, prefix = stack.pop()
+            data, known, dflt, prefix = stack.pop()
             for raw_key, value in data.items():
                 key = str(raw_key).lower()
                 dotted = prefix + key
                 node = known.get(key)
                 if node is None:
                     if dotted not in found:
-                        close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+                        near = _nearest(key, value, known, dflt)
                         found[dotted] = UnknownKey(dotted, _origin_of(layer, dotted),
-                                                   prefix + close[0] if close else None)
+                                                   prefix + near if near else None)
                 elif node is not _TERMINAL and isinstance(value, Mapping):
-                    stack.append((value, node, dotted + "."))
+                    child = dflt.get(key) if isinstance(dflt, Mapping) else None
+                    stack.append((value, node, child, dotted + "."))
     return sorted(found.values(), key=lambda u: u.key)
 
 
@@ -285,7 +307,7 @@ class SettingsSource:
         logging is configured."""
         settings = self._merge(_usable(specs))
         settings.inactive_plugins = tuple(sorted(inactive))
-        redact.register(*secrets_in(settings.as_dict(masked=False)))
+        redact.register(*settings.secrets())
         if validate:
             from composer_core.settings.validate import validate_settings
 
@@ -298,13 +320,17 @@ class SettingsSource:
         merge = _Merge()
         base = [Layer("embedded defaults", self.embedded, defaults=True)]
         base += [Layer(f"defaults of plugin {s.name!r}", s.defaults, defaults=True) for s in specs]
-        for layer in (*base, *self.layers):
+        for layer in base:
             merge.layer(layer)
+        merge.data_after_defaults = copy.deepcopy(merge.data)
+        for layer in self.layers:
+            merge.layer(layer)
+        defaults = merge.data_after_defaults
         data = {section: merge.data.get(section) or {} for section in SECTIONS}
         schema = _schema([self.embedded, *(s.defaults for s in specs)],
                          [key for s in specs for key in s.owns])
         return Settings(data, merge.sources, specs=specs,
-                        unknown=_unknown_keys(self.layers, schema),
+                        unknown=_unknown_keys(self.layers, schema, defaults),
                         shape_problems=merge.shape_problems)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ _NOT_SECRET_SUFFIXES = ("file", "path", "dir", "url", "store", "helper", "helper
 _NON_ALNUM = re.compile(r"[^a-z0-9]")
 
 
+@functools.lru_cache(maxsize=4096)  # keys repeat: 10k registries hold three distinct ones
 def looks_secret(key: str) -> bool:
     """Whether a settings key (one segment, any case) looks like it holds a secret."""
     name = _NON_ALNUM.sub("", str(key).lower())
@@ -101,6 +103,10 @@ class Settings:
                 return self._sources[key]
             parts.pop()
         return "embedded defaults"
+
+    def secrets(self) -> list[str]:
+        """Every value :meth:`as_dict` masks, for the log redactor."""
+        return secrets_in(self._data)
 
     def as_dict(self, *, masked: bool = True) -> dict[str, Any]:
         data = copy.deepcopy(dict(self._data))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from composer_core.errors import SettingsError
@@ -114,14 +114,18 @@ def parse_registries(settings: Settings) -> RegistrySettings:
                     url_required=False)
     primary = seed or master
     if seed is not None and master is not None:
+        # what only one of them says is kept; what both say must agree
         differ = [name for name, a, b in (("url/server", seed.registry, master.registry),
                                           ("username", seed.username, master.username),
                                           ("password", seed.password, master.password),
                                           ("email", seed.email, master.email))
-                  if b is not None and a != b]
+                  if a is not None and b is not None and a != b]
         if differ:
             problems.append((MASTER, f"both {MASTER} (XTM Composer's block) and {SINGLE} are set, "
                                      f"and their {', '.join(differ)} differ: keep one of them"))
+        primary = replace(seed, username=seed.username or master.username,
+                          password=seed.password or master.password,
+                          email=seed.email or master.email)
     if primary is not None:
         entries.append(primary)
     listed = settings.get(LIST)
