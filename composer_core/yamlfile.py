@@ -17,6 +17,7 @@ Files are read through :mod:`composer_core.files` (regular files only, bounded).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,18 @@ from composer_core.files import LIMIT_CONNECTORS, FileReadError, read_text
 MAX_NODES = 1_000_000
 #: levels of nesting; real files use fewer than ten
 MAX_DEPTH = 100
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def printable_key(key: Any) -> str:
+    """A mapping key as messages may show it: a plain name as is, anything else by its length.
+
+    ``{url: r.io, password:hunter2}`` has a key ``password:hunter2`` (no space after the colon):
+    a message naming the key must not print the password it holds."""
+    text = str(key)
+    return text if _PLAIN_KEY.fullmatch(text) else f"<a key of {len(text)} characters>"
 
 
 class YamlFileError(Exception):
@@ -187,8 +200,7 @@ def parse_yaml(text: str) -> Any:
         raise YamlFileError(f"refused: the value at line {mark.line + 1}, column {mark.column + 1} "
                             f"{exc.problem}", unreadable=False) from None
     except _DuplicateKey as exc:
-        key = exc.key if isinstance(exc.key, (str, int, float, bool)) else "a key"
-        raise YamlFileError(f"not valid: key {str(key)[:80]!r} appears twice in the same mapping, "
+        raise YamlFileError(f"not valid: key {printable_key(exc.key)!r} appears twice in the same mapping, "
                             f"at line {exc.first} and line {exc.again} (keep one)",
                             unreadable=False) from None
     except RecursionError:  # pragma: no cover - only the pure-Python parser recurses

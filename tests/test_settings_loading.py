@@ -284,3 +284,31 @@ def test_config_show_masks_every_secret_looking_key(run_cli, tmp_path: Path) -> 
         for secret in ("tok-111111", "pw-222222", "pw-333333", "cs-444444", "tk-555555", "tk-666666"):
             assert secret not in out + err
         assert "/run/secrets/pw" in out  # a path to a secret is not the secret
+
+
+def test_a_key_holding_a_password_is_never_echoed(isolated_env: Path, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # no space after the colon: `password:...` is a key, the password inside it
+    f = write(tmp_path / "k.yaml", "opencti: {daemon: {docker: {registry: {url: r.example.com, username: u, "
+              "password:" + SECRET + "}}}}\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings([str(f)], environ={}, cwd=isolated_env)
+    assert f"<a key of {len('password:' + SECRET)} characters>" in err.value.message
+    assert SECRET not in str(err.value)
+    typo = write(tmp_path / "t.yaml", "manager: {logger: {level: info, level:" + SECRET + "}}\n")
+    with caplog.at_level("WARNING", logger="xtm_composer.settings"):
+        s = load_settings([str(typo)], environ={}, cwd=isolated_env)
+    assert [u.key for u in s.unknown] == [f"manager.logger.<a key of {len('level:' + SECRET)} characters>"]
+    assert "unknown key" in caplog.text and SECRET.lower() not in caplog.text.lower()
+    dup = write(tmp_path / "dup.yaml", f"manager:\n  '{SECRET}:': 1\n  '{SECRET}:': 2\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings([str(dup)], environ={}, cwd=isolated_env)
+    assert "appears twice" in err.value.message and SECRET not in str(err.value)
+
+
+def test_a_fifo_as_connectors_file_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "connectors.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError) as err:
+        load_connectors(fifo)
+    assert f"connectors file {fifo} is a FIFO" in err.value.message

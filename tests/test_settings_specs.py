@@ -180,3 +180,27 @@ def test_no_setting_has_a_default_in_code() -> None:
     sources = [p for pkg in ("composer_core", "composer_plugins") for p in (ROOT / pkg).rglob("*.py")]
     found = [hit for path in sources for hit in _literal_defaults(path)]
     assert not found, "defaults belong in default_settings.yaml or a SettingsSpec:\n" + "\n".join(found)
+
+
+def test_an_invalid_spec_fails_its_plugin_not_the_settings(plugins: Plugins, isolated_env: Path) -> None:
+    module = types.ModuleType("bad_spec")
+
+    @hookimpl
+    def composer_settings() -> SettingsSpec:
+        return SettingsSpec(name="bad", owns=("auth.bad",), defaults={"manager": {"id": "taken"}})
+
+    module.composer_settings = composer_settings  # type: ignore[attr-defined]
+    plugins.register(module, name="bad")
+    s = settings_with(plugins, {}, isolated_env)
+    assert s.get("manager.id") == "xtm-composer"
+    record = {r.name: r for r in plugins.records()}["bad"]
+    assert record.status == "failed" and "defaults for keys it does not own: manager.id" in (record.reason or "")
+
+
+def test_unknown_keys_are_all_warned_when_no_plugin_is_inactive(isolated_env: Path, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    f = tmp_path / "u.yaml"
+    f.write_text("manger: {id: x}\nauth: {vault_address: https://v}\n")
+    with caplog.at_level("WARNING", logger="xtm_composer.settings"):
+        load_settings([str(f)], environ={}, cwd=isolated_env)
+    assert "manger (from file" in caplog.text and "auth.vault_address (from file" in caplog.text

@@ -35,7 +35,7 @@ from composer_core.errors import SettingsError
 from composer_core.files import LIMIT_SETTINGS
 from composer_core.settings.model import Settings, UnknownKey, describe
 from composer_core.settings.spec import SettingsSpec
-from composer_core.yamlfile import MAX_DEPTH, YamlFileError, parse_yaml, read_yaml
+from composer_core.yamlfile import MAX_DEPTH, YamlFileError, parse_yaml, printable_key, read_yaml
 
 log = logging.getLogger("xtm_composer.settings")
 
@@ -274,10 +274,11 @@ def _unknown_keys(layers: Iterable[Layer], schema: Mapping[str, Any],
                 dotted = prefix + key
                 node = known.get(key)
                 if node is None:
-                    if dotted not in found:
+                    shown = prefix + printable_key(key)
+                    if shown not in found:
                         near = _nearest(key, value, known, dflt)
-                        found[dotted] = UnknownKey(dotted, _origin_of(layer, dotted),
-                                                   prefix + near if near else None)
+                        found[shown] = UnknownKey(shown, _origin_of(layer, dotted),
+                                                  prefix + near if near else None)
                 elif node is not _TERMINAL and isinstance(value, Mapping):
                     child = dflt.get(key) if isinstance(dflt, Mapping) else None
                     stack.append((value, node, child, dotted + "."))
@@ -367,8 +368,7 @@ def warn_unknown(settings: Settings) -> None:
     """Log a warning for each unknown key (a typo, with the nearest known key)."""
     # Keys of a disabled plugin are unknown too: said only by `config check` (as unused), unless
     # they look like a typo of a known key.
-    shown = [u for u in settings.unknown if u.suggestion is not None] or (
-        [] if settings.inactive_plugins else list(settings.unknown))
+    shown = [u for u in settings.unknown if u.suggestion is not None or not settings.inactive_plugins]
     for unknown in shown[:_LOGGED_UNKNOWN]:
         log.warning("settings: %s", unknown.message())
     if len(shown) > _LOGGED_UNKNOWN:

@@ -119,8 +119,10 @@ class Settings:
         for dotted, value in overrides.items():
             dotted_set(data, dotted, value)
             sources[dotted] = origin
-        return Settings(data, sources, specs=self.specs, unknown=self.unknown,
-                        shape_problems=self.shape_problems)
+        copied = Settings(data, sources, specs=self.specs, unknown=self.unknown,
+                          shape_problems=self.shape_problems)
+        copied.inactive_plugins = self.inactive_plugins
+        return copied
 
 
 def mask(node: Any, secret: bool = False) -> Any:

@@ -26,6 +26,7 @@ from typing import Any
 from composer_core.errors import SettingsError
 from composer_core.settings.model import Settings, describe
 from composer_core.settings.spec import Problems
+from composer_core.yamlfile import printable_key
 
 SINGLE = "opencti.daemon.docker.registry"
 MASTER = "opencti.daemon.registry"
@@ -159,7 +160,8 @@ def _entry(settings: Settings, prefix: str, raw: Any, known: tuple[str, ...], ur
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]}? " if close else ""
-            add(str(key), f"unknown key in a registry entry; {hint}(known: {', '.join(known)})")
+            add(printable_key(key), f"unknown key in a registry entry; {hint}(known: "
+                                    f"{', '.join(known)})")
             ok = False
     url = raw.get(url_key)
     normalized = None
