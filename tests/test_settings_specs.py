@@ -204,3 +204,9 @@ def test_unknown_keys_are_all_warned_when_no_plugin_is_inactive(isolated_env: Pa
     with caplog.at_level("WARNING", logger="xtm_composer.settings"):
         load_settings([str(f)], environ={}, cwd=isolated_env)
     assert "manger (from file" in caplog.text and "auth.vault_address (from file" in caplog.text
+
+
+def test_a_spec_owns_keys_inside_the_sections_only() -> None:
+    with pytest.raises(ValueError, match="owns keys outside the sections manager, opencti, auth, images, "
+                                         "plugins: vault.address"):
+        SettingsSpec(name="vault", owns=("vault.address",))

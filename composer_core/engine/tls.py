@@ -9,7 +9,6 @@ whole settings: :func:`tls_decision` takes it from the registry block, parsed on
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from composer_core.settings import Settings
@@ -31,12 +30,6 @@ def tls_decision(settings: Settings, registry: str) -> TlsDecision:
     if entry is None:
         return TlsDecision(verify=True)
     return TlsDecision(verify=False, setting=f"{entry.key}.insecure")
-
-
-def registry_entries(settings: Settings) -> list[tuple[str, Mapping[str, object]]]:
-    """The registry blocks of the settings (single block first, then the list), with their key."""
-    return [(e.key, {"url": e.url, "username": e.username, "insecure": e.insecure})
-            for e in registry_settings(settings).entries]
 
 
 def insecure_key(settings: Settings, registry: str) -> str | None:

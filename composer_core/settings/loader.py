@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import logging
 import os
 import re
@@ -28,18 +29,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from composer_core import redact
 from composer_core.errors import SettingsError
 from composer_core.files import LIMIT_SETTINGS
-from composer_core.settings.model import Settings, UnknownKey, describe
+from composer_core.settings.model import SECTIONS, Settings, UnknownKey, describe
 from composer_core.settings.spec import SettingsSpec
 from composer_core.yamlfile import MAX_DEPTH, YamlFileError, parse_yaml, printable_key, read_yaml
 
 log = logging.getLogger("xtm_composer.settings")
 
-SECTIONS = ("manager", "opencti", "auth", "images", "plugins")
 #: leaves that are always text: never typed from an environment variable (a password "0x1F")
 STRING_KEYS = frozenset({"password", "token", "secret", "auth", "identitytoken", "identity_token",
                          "credentials_key", "api_key", "username", "url", "server",
@@ -64,11 +65,17 @@ class Layer:
     defaults: bool = False
 
 
-def embedded_defaults() -> dict[str, Any]:
+@functools.cache
+def _embedded() -> dict[str, Any]:
     text = resources.files("composer_core.settings").joinpath("default_settings.yaml")
     data = parse_yaml(text.read_text(encoding="utf-8"))
     assert isinstance(data, dict)
     return data
+
+
+def embedded_defaults() -> dict[str, Any]:
+    """The core's defaults (a copy: callers may change it)."""
+    return copy.deepcopy(_embedded())
 
 
 def _file_layer(path: Path, origin: str) -> Layer:
@@ -211,19 +218,19 @@ class _Merge:
 
 # --- which keys exist ------------------------------------------------------------------------
 
-_TERMINAL: dict[str, Any] = {}  # a known key whose content its owner checks
+#: a known key whose content its owner checks (a leaf, a list, an owned key)
+_TERMINAL: Mapping[str, Any] = MappingProxyType({})
 
 
 def _schema(defaults: Iterable[Mapping[str, Any]], owned: Iterable[str]) -> dict[str, Any]:
+    """The tree of known keys: the sections of the defaults, down to their terminal keys."""
     schema: dict[str, Any] = {}
 
     def add(node: dict[str, Any], data: Mapping[str, Any], prefix: str) -> None:
         for key, value in data.items():
             dotted = prefix + key
             if isinstance(value, Mapping) and value and dotted not in OPAQUE:
-                child = node.get(key)
-                if child is None or child is _TERMINAL:
-                    child = node[key] = {} if child is None else child
+                child = node.setdefault(key, {})
                 if child is not _TERMINAL:
                     add(child, value, dotted + ".")
             else:

@@ -14,6 +14,9 @@ from composer_core.redact import MASK
 if TYPE_CHECKING:
     from composer_core.settings.spec import SettingsSpec
 
+#: the top-level sections; every key lives under one of them
+SECTIONS = ("manager", "opencti", "auth", "images", "plugins")
+
 #: a key whose normalised name contains one of these holds a secret, typos included
 #: (``pasword``, ``api_token``, ``passwd``, ``secret_key``): its value is never shown
 _SECRET_PARTS = ("pass", "pasw", "pwd", "psw", "token", "secret", "credential", "apikey",

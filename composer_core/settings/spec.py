@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from composer_core.settings.model import Settings
+from composer_core.settings.model import SECTIONS, Settings
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,10 @@ class SettingsSpec:
             raise ValueError(f"settings spec name {self.name!r} must be a non-empty name without "
                              "surrounding spaces")
         object.__setattr__(self, "owns", tuple(self.owns))
+        outside_sections = [key for key in self.owns if key.split(".", 1)[0] not in SECTIONS]
+        if outside_sections:
+            raise ValueError(f"settings spec {self.name!r} owns keys outside the sections "
+                             f"{', '.join(SECTIONS)}: {', '.join(outside_sections)}")
         outside = [key for key in _leaf_keys(self.defaults) if not _covered(key, self.owns)]
         if outside:
             raise ValueError(f"settings spec {self.name!r} has defaults for keys it does not own: "
