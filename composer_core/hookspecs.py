@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     import click
 
     from composer_core.records import CredentialProvider, ImageResolver, RuntimeBackend
+    from composer_core.settings.spec import SettingsSpec
 
 #: The pluggy project name, which is also the entry-point group plugins register under.
 PROJECT = "xtm_composer"
@@ -181,4 +182,45 @@ def composer_register_commands(cli: click.Group) -> None:
     Called once per process with a :class:`click.Group` to add commands to (``cli.command()``,
     ``cli.add_command()``); what the plugin adds there is checked and attributed exactly as
     :func:`composer_commands`' records are.
+    """
+
+
+@hookspec
+def composer_settings() -> SettingsSpec | list[SettingsSpec]:
+    """Declare the settings a plugin reads: their defaults, their validator, the keys it owns.
+
+    Called once per process, when the settings are loaded (before any other hook is asked).
+    Return one :class:`~composer_core.settings.spec.SettingsSpec` or a list of them:
+
+    * ``defaults``, a nested mapping shaped like a settings file, is merged as a layer right after
+      the embedded defaults: every key the plugin reads then holds a value, so the plugin calls
+      ``settings.get("auth.helper_timeout")`` without a default of its own, and
+      ``xtm-composer config show`` prints it;
+    * ``validator(settings, problems)`` runs at every start, after the core's checks, and calls
+      ``problems.add(key, message)`` for each problem; the core adds the layer the key came from
+      and the plugin's name, and exits 2 listing every problem. A message never quotes a value
+      that may be secret (describe it with :func:`composer_core.settings.describe`);
+    * ``owns`` lists the dotted keys the plugin reads, each covering everything under it. Keys no
+      spec and no core setting owns are reported as unknown, with the nearest known key.
+
+    A spec may not own a core key nor another plugin's key: it is then ignored with a warning.
+    The keys of a disabled plugin are accepted, and listed as unused by ``config check``.
+
+    Example::
+
+        @hookimpl
+        def composer_settings():
+            def validate(settings, problems):
+                check_number(settings, problems, "auth.vault.timeout", what="seconds",
+                             minimum=0, above_minimum=True, maximum=600)
+                if not str(settings.get("auth.vault.address")).startswith("https://"):
+                    problems.add("auth.vault.address", "must be an https:// URL")
+
+            return SettingsSpec(name="vault", owns=("auth.vault",),
+                                defaults={"auth": {"vault": {"address": "https://vault:8200",
+                                                             "timeout": 5}}},
+                                validator=validate)
+
+    Settings live under the sections ``manager``, ``opencti``, ``auth``, ``images`` and
+    ``plugins``: a plugin's own keys go under one of them, as ``auth.vault`` does here.
     """

@@ -39,6 +39,7 @@ from composer_core.records import (
     Record,
     RuntimeBackend,
 )
+from composer_core.settings.spec import SettingsSpec
 from composer_core.types import as_list
 
 log = logging.getLogger("xtm_composer.plugins")
@@ -58,6 +59,7 @@ CONTRIBUTION_HOOKS: dict[str, tuple[type[Record], str]] = {
     "composer_credential_providers": (CredentialProvider, "credential provider"),
     "composer_runtime_backends": (RuntimeBackend, "runtime backend"),
     "composer_commands": (PluginCommand, "command"),
+    "composer_settings": (SettingsSpec, "settings spec"),
 }
 
 
@@ -335,6 +337,10 @@ class Plugins:
     def credential_providers(self) -> Contributions[CredentialProvider]:
         return self._named("composer_credential_providers", CredentialProvider,
                            "credential provider")
+
+    def settings_specs(self) -> Contributions[SettingsSpec]:
+        """The settings specs of the active plugins (hook ``composer_settings``), by name."""
+        return self._named("composer_settings", SettingsSpec, "settings spec")
 
     def runtime_backends(self) -> Contributions[RuntimeBackend]:
         return self._named("composer_runtime_backends", RuntimeBackend, "runtime backend")

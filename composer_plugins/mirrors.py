@@ -12,7 +12,7 @@ from __future__ import annotations
 from composer_core import hookimpl
 from composer_core.auth.registries import InvalidKey, parse_key
 from composer_core.images.reference import ImageRef
-from composer_core.settings import Settings
+from composer_core.settings import Problems, Settings, SettingsSpec, describe
 from composer_core.types import ImageResolver, Rewrite
 
 SETTING = "opencti.daemon.docker.mirrors"
@@ -43,6 +43,29 @@ def apply_mirrors(image: str, settings: Settings) -> Rewrite | None:
     # a rule may name a whole repository: then nothing of the path is left to append
     mirrored = "/".join(part for part in (target, rest) if part) + suffix
     return Rewrite(mirrored, f"mirror rule {matched!r} -> {target!r} ({SETTING})")
+
+
+def _validate(settings: Settings, problems: Problems) -> None:
+    rules = settings.get(SETTING)
+    if not isinstance(rules, dict):
+        problems.add(SETTING, f"must be a mapping of registry to mirror, not {describe(rules)}")
+        return
+    for source, target in rules.items():
+        try:
+            parse_key(str(source))
+        except InvalidKey as exc:
+            problems.add(f"{SETTING}.{source}", f"invalid rule: {exc}; a rule is a registry, "
+                         "optionally with a path, such as docker.io or quay.io/team")
+        if not isinstance(target, str) or not target.strip():
+            problems.add(f"{SETTING}.{source}", "must be a mirror such as "
+                         "mirror.company.com/dockerhub")
+
+
+@hookimpl
+def composer_settings() -> SettingsSpec:
+    # {"docker.io": "mirror.company.com/dockerhub"}; replaced whole by a later layer
+    return SettingsSpec(name="mirrors", owns=(SETTING,), validator=_validate,
+                        defaults={"opencti": {"daemon": {"docker": {"mirrors": {}}}}})
 
 
 @hookimpl

@@ -158,7 +158,7 @@ def test_tls_decision_names_the_setting_that_skips_verification(make_settings: C
     settings = make_settings({"opencti.daemon.docker.registries": [
         {"url": "https://reg.example:5000", "insecure": True}, {"url": "other.example"}]})
     assert tls_decision(settings, "reg.example:5000") == TlsDecision(
-        verify=False, setting="opencti.daemon.docker.registries[0]")
+        verify=False, setting="opencti.daemon.docker.registries[0].insecure")
     assert tls_decision(settings, "other.example") == TlsDecision(verify=True, setting=None)
     assert tls_decision(make_settings({}), "reg.example:5000") == TlsDecision(True, None)
 

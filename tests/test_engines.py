@@ -237,7 +237,7 @@ def test_docker_names_the_deciding_setting_without_reading_settings(bench: Any, 
     """The engine gets the TLS decision, not the settings: the refusal names the decision's key
     although no setting marks the registry insecure."""
     runtime = connect(engine_settings())
-    decision = TlsDecision(verify=False, setting="xtm-test.decided.here")
+    decision = TlsDecision(verify=False, setting="xtm-test.decided.here.insecure")
     with pytest.raises(InsecureRegistryNotAllowed) as caught:
         runtime.pull(ImageRef.parse(bench.ref(bench.registry_ns_tls)), Anonymous, tls=decision)
     assert "(xtm-test.decided.here.insecure: true)" in str(caught.value)

@@ -68,7 +68,7 @@ def test_builtins_are_entry_points_of_our_distribution(plugins: Plugins) -> None
     for record in records.values():
         assert record.distribution == "xtm-composer"
         assert record.status == "active", record.reason
-    assert records["config"].hooks == ["composer_credential_providers"]
+    assert records["config"].hooks == ["composer_credential_providers", "composer_settings"]
     assert records["registry-prefix"].hooks == ["composer_image_resolvers"]
     assert set(plugins.credential_providers()) == {"config", "docker-config", "keychain",
                                                    "containers-auth", "anonymous"}
@@ -219,7 +219,7 @@ def test_plugins_command_lists_every_plugin_as_json(fake_site: Path, monkeypatch
     assert rows["good"]["status"] == "active" and rows["good"]["distribution"] == "fakeplug"
     assert rows["broken"]["status"] == "failed" and "fake_broken" in rows["broken"]["reason"]
     assert rows["blocked"]["status"] == "disabled"
-    assert rows["docker"]["hooks"] == ["composer_runtime_backends"]
+    assert rows["docker"]["hooks"] == ["composer_runtime_backends", "composer_settings"]
 
 
 def _run(args: list[str], env_extra: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ import click
 
 from composer_core import logs
 from composer_core.pluginmanager import EntryPointFilter, Plugins
-from composer_core.settings import Settings, load_settings, name_list
+from composer_core.settings import Settings, name_list, read_layers, warn_unknown
 
 TRUTHY = ("1", "true", "yes", "on")
 #: Which entry points the command line loads (None: all installed). Tests narrow it to known
@@ -33,7 +33,7 @@ def _env_disabled(environ: Mapping[str, str]) -> list[str]:
 
 def make_plugins(settings: Settings, environ: Mapping[str, str] | None = None) -> Plugins:
     environ = os.environ if environ is None else environ
-    strict = settings.get("plugins.strict", False) or (
+    strict = settings.get("plugins.strict") or (
         environ.get("XTM_COMPOSER_STRICT_PLUGINS", "").lower() in TRUTHY)
     disabled = name_list(settings, "plugins.disabled") + _env_disabled(environ)
     return Plugins(disabled=disabled, strict=bool(strict), reserved_commands=builtin_commands(),
@@ -59,11 +59,14 @@ def build_app(params: Mapping[str, Any], environ: Mapping[str, str] | None = Non
         overrides["manager.logger.level"] = params["log_level"].lower()
     if params.get("runtime"):
         overrides["opencti.daemon.selector"] = params["runtime"]
-    settings = load_settings(params.get("config_files") or (), environ=environ, overrides=overrides)
-    logs.configure(settings.get("manager.logger.level", "info"),
-                   settings.get("manager.logger.format", "text"))
-    return App(settings=settings, plugins=make_plugins(settings, environ),
-               runtime_override=params.get("runtime"))
+    # the user's layers are read once; the plugins they enable contribute their settings specs
+    source = read_layers(params.get("config_files") or (), environ=environ, overrides=overrides)
+    plugins = make_plugins(source.core(), environ)
+    settings = source.settings(plugins.settings_specs().values(), inactive=plugins.inactive_names(),
+                               warn=False)
+    logs.configure(settings.get("manager.logger.level"), settings.get("manager.logger.format"))
+    warn_unknown(settings)
+    return App(settings=settings, plugins=plugins, runtime_override=params.get("runtime"))
 
 
 def get_app(ctx: click.Context | None = None) -> App:

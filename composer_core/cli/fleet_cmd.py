@@ -146,7 +146,7 @@ def run_command(path: str, stop_timeout: int) -> None:
 
     app = get_app()
     watch = _FileWatch(path)
-    schedule = float(app.settings.get("manager.execute_schedule", 10))
+    schedule = float(app.settings.get("manager.execute_schedule"))
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -25,7 +25,7 @@ AUTO_ORDER = "opencti.daemon.auto_order"
 
 
 def selected_name(settings: Settings, override: str | None = None) -> str:
-    return (override or str(settings.get(SELECTOR, AUTO) or AUTO)).strip()
+    return (override or str(settings.get(SELECTOR) or AUTO)).strip()
 
 
 def connect_runtime(settings: Settings, plugins: Plugins, override: str | None = None) -> Runtime:

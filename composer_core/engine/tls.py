@@ -1,40 +1,41 @@
 """The TLS policy of a pull: verify the registry's certificate unless the settings mark it insecure,
-and which registries Docker treats as insecure on its own (loopback)."""
+and which registries Docker treats as insecure on its own (loopback).
+
+Engines receive a :class:`TlsDecision` (verify or not, and the setting that decided it), not the
+whole settings: :func:`tls_decision` takes it from the registry block, parsed once
+(:func:`composer_core.settings.registry.registry_settings`).
+"""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from composer_core.auth.registries import canonical_host
-from composer_core.images.reference import InvalidRegistryURL, normalize_registry_url
 from composer_core.settings import Settings
+from composer_core.settings.registry import registry_settings
 
 
-def registry_entries(settings: Settings) -> list[tuple[str, Mapping[str, object]]]:
-    """The registry blocks of the settings (single block first, then the list), with their key."""
-    entries: list[tuple[str, Mapping[str, object]]] = []
-    single = settings.get("opencti.daemon.docker.registry")
-    if isinstance(single, Mapping) and single.get("url"):
-        entries.append(("opencti.daemon.docker.registry", single))
-    for i, entry in enumerate(settings.get("opencti.daemon.docker.registries") or []):
-        if isinstance(entry, Mapping) and entry.get("url"):
-            entries.append((f"opencti.daemon.docker.registries[{i}]", entry))
-    return entries
+@dataclass(frozen=True)
+class TlsDecision:
+    """Whether to verify the registry's TLS certificate; ``setting`` is the settings key that said
+    ``insecure: true`` (``opencti.daemon.docker.registries[1].insecure``), or ``None``."""
+
+    verify: bool
+    setting: str | None = None
+
+
+def tls_decision(settings: Settings, registry: str) -> TlsDecision:
+    """The decision for pulls from ``registry`` (``host[:port]``, any spelling)."""
+    entry = registry_settings(settings).insecure_entry(registry)
+    if entry is None:
+        return TlsDecision(verify=True)
+    return TlsDecision(verify=False, setting=f"{entry.key}.insecure")
 
 
 def insecure_key(settings: Settings, registry: str) -> str | None:
-    """The settings key marking ``registry`` ``insecure: true``, or ``None`` (verify TLS)."""
-    wanted = canonical_host(registry)
-    for key, entry in registry_entries(settings):
-        try:
-            host = canonical_host(normalize_registry_url(str(entry["url"])))
-        except InvalidRegistryURL:
-            continue
-        if host == wanted and entry.get("insecure") is True:
-            return key
-    return None
+    """The settings key of the entry marking ``registry`` ``insecure: true``, or ``None``."""
+    entry = registry_settings(settings).insecure_entry(registry)
+    return entry.key if entry is not None else None
 
 
 def split_host(registry: str) -> str:
@@ -57,18 +58,3 @@ def is_loopback_registry(registry: str) -> bool:
     except ValueError:
         return False
 
-
-@dataclass(frozen=True)
-class TlsDecision:
-    """What an engine needs to know of the TLS policy of one pull: whether to verify the
-    registry's certificate, and the settings key that decided otherwise (``None`` when verified)."""
-
-    verify: bool
-    setting: str | None
-
-
-def tls_decision(settings: Settings, registry: str) -> TlsDecision:
-    """The TLS decision for a pull from ``registry``: verify unless a settings entry marks it
-    ``insecure: true`` (that entry's key is the decision's ``setting``)."""
-    key = insecure_key(settings, registry)
-    return TlsDecision(verify=key is None, setting=key)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from composer_core.engine.spec import NAME_PATTERN, env_key_problem, env_value_problem
 from composer_core.errors import UsageError
+from composer_core.files import LIMIT_CONNECTORS
 from composer_core.images.reference import ImageRef, InvalidReference
 from composer_core.yamlfile import YamlFileError, read_yaml
 
@@ -156,9 +157,9 @@ def parse_connectors(data: Any, path: str) -> list[Connector]:
 def load_connectors(path: str | Path) -> list[Connector]:
     p = Path(path)
     try:
-        data = read_yaml(p)
+        data = read_yaml(p, limit=LIMIT_CONNECTORS, what="connectors file")
     except YamlFileError as exc:
         if exc.unreadable:
-            raise UsageError(f"connectors file: {exc.reason}", hint="pass the file with -f FILE") from None
+            raise UsageError(exc.reason, hint="pass the file with -f FILE") from None
         raise InvalidConnectorsFile(str(p), [exc.reason]) from None
     return parse_connectors(data, str(p))

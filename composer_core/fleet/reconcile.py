@@ -184,7 +184,7 @@ class Reconciler:
         self.manager = manager_id(settings)
         self.stop_event = stop_event or threading.Event()
         self.stop_timeout = stop_timeout
-        self.max_parallel = int(settings.get("manager.max_parallel", 4))
+        self.max_parallel = int(settings.get("manager.max_parallel"))
         self.start_failures: MutableMapping[str, int] = (
             {} if start_failures is None else start_failures)
         self._failures_lock = threading.Lock()

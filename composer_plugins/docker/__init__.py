@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from composer_core import hookimpl
+from composer_core.settings import Problems, Settings, SettingsSpec, check_text
 from composer_core.types import RuntimeBackend
 
 if TYPE_CHECKING:
-    from composer_core.settings import Settings
     from composer_core.types import Runtime
 
 
@@ -21,6 +21,21 @@ def connect(settings: Settings) -> Runtime:
     from composer_plugins.docker.engine import DockerRuntime
 
     return DockerRuntime.connect(settings)
+
+
+ENDPOINT = "opencti.daemon.docker.endpoint"
+
+
+def _validate(settings: Settings, problems: Problems) -> None:
+    check_text(settings, problems, ENDPOINT, what="an endpoint such as unix:///run/docker.sock",
+               optional=True)
+
+
+@hookimpl
+def composer_settings() -> SettingsSpec:
+    # None: DOCKER_HOST, else the default socket
+    return SettingsSpec(name="docker", owns=(ENDPOINT,), validator=_validate,
+                        defaults={"opencti": {"daemon": {"docker": {"endpoint": None}}}})
 
 
 @hookimpl

@@ -72,7 +72,7 @@ def require_insecure_allowed(registry_config: Mapping[str, Any], registry: str, 
         return
     line = daemon_json_line(registry_config, registry)
     raise InsecureRegistryNotAllowed(
-        f"{registry} is marked insecure in the settings ({key}.insecure: true), but the Docker "
+        f"{registry} is marked insecure in the settings ({key}: true), but the Docker "
         f"daemon at {endpoint} does not allow insecure access to it (Docker decides this, not the "
         "client); nothing was pulled",
         hint=f"add this line to the daemon's /etc/docker/daemon.json and restart dockerd:\n"

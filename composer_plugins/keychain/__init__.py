@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from composer_core import hookimpl
 from composer_core.auth.authfile import AuthFile, read_docker_config
 from composer_core.auth.registries import canonical_host, helper_server_url
-from composer_core.settings import Settings
+from composer_core.settings import Problems, Settings, SettingsSpec, check_bool, check_number
+from composer_core.settings.validate import DAY, MAX_TIMEOUT
 from composer_core.types import (
     CredentialProvider,
     CredentialRequest,
@@ -44,8 +45,8 @@ CACHE: HelperCache[HelperAnswer] = HelperCache()
 
 
 def _ttl_of(settings: Settings) -> Callable[[HelperAnswer], float]:
-    hit = float(settings.get("auth.cache_ttl", 300))
-    miss = float(settings.get("auth.cache_miss_ttl", 30))
+    hit = float(settings.get("auth.cache_ttl"))
+    miss = float(settings.get("auth.cache_miss_ttl"))
     # an error is kept as long as a miss: a hanging helper then stalls one pull per TTL, not all
     return lambda answer: hit if answer.outcome == "found" else miss
 
@@ -95,7 +96,7 @@ def lookup(request: CredentialRequest) -> LookupResult:
         if executable is None:
             return Failed(f"{plan.via} is not on PATH; install it or remove {choice.origin} from "
                           f"{path}{plan.notes}", fatal=_strict(request))
-        timeout = float(request.settings.get("auth.helper_timeout", 10))
+        timeout = float(request.settings.get("auth.helper_timeout"))
         log.debug("running %s get for %s (timeout %g s)", executable, plan.server_url, timeout)
         cached = CACHE.get_or_run(
             key, lambda: run_get(executable, plan.server_url, request.environ, timeout),
@@ -116,7 +117,7 @@ def lookup(request: CredentialRequest) -> LookupResult:
 
 
 def _strict(request: CredentialRequest) -> bool:
-    return request.settings.get("auth.strict_helpers", False) is True
+    return request.settings.get("auth.strict_helpers") is True
 
 
 def forget(credentials: Credentials) -> None:
@@ -129,6 +130,26 @@ def forget(credentials: Credentials) -> None:
 
     dropped = CACHE.forget(same)
     log.debug("forgot %d cached helper answer(s) for %s", dropped, server_url)
+
+
+def _validate(settings: Settings, problems: Problems) -> None:
+    check_bool(settings, problems, "auth.strict_helpers")
+    check_number(settings, problems, "auth.helper_timeout", what="a positive number of seconds",
+                 minimum=0, above_minimum=True, maximum=MAX_TIMEOUT)
+    for key in ("auth.cache_ttl", "auth.cache_miss_ttl"):
+        check_number(settings, problems, key, what="a number of seconds (0 disables the cache)",
+                     minimum=0, maximum=DAY)
+
+
+@hookimpl
+def composer_settings() -> SettingsSpec:
+    return SettingsSpec(
+        name=NAME, validator=_validate,
+        owns=("auth.strict_helpers", "auth.helper_timeout", "auth.cache_ttl", "auth.cache_miss_ttl"),
+        defaults={"auth": {"strict_helpers": False,  # a missing, failing or hanging helper is fatal
+                           "helper_timeout": 10,     # seconds a helper may take
+                           "cache_ttl": 300,         # seconds a helper's answer is reused
+                           "cache_miss_ttl": 30}})   # seconds a helper's "not found" is reused
 
 
 @hookimpl

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from composer_core import hookimpl
+from composer_core.settings import Problems, Settings, SettingsSpec, check_bool, check_text
 from composer_core.types import RuntimeBackend
 
 if TYPE_CHECKING:
-    from composer_core.settings import Settings
     from composer_core.types import Runtime
 
 
@@ -23,6 +23,22 @@ def connect(settings: Settings) -> Runtime:
     from composer_plugins.podman.engine import PodmanRuntime
 
     return PodmanRuntime.connect(settings)
+
+
+def _validate(settings: Settings, problems: Problems) -> None:
+    check_text(settings, problems, "opencti.daemon.podman.endpoint",
+               what="an endpoint such as unix:///run/podman/podman.sock", optional=True)
+    check_bool(settings, problems, "opencti.daemon.podman.loopback_insecure")
+
+
+@hookimpl
+def composer_settings() -> SettingsSpec:
+    return SettingsSpec(
+        name="podman", owns=("opencti.daemon.podman",), validator=_validate,
+        defaults={"opencti": {"daemon": {"podman": {
+            "endpoint": None,           # None: CONTAINER_HOST, else the rootful/rootless socket
+            "loopback_insecure": True,  # like Docker: no TLS verification on 127.0.0.0/8 and ::1
+        }}}})
 
 
 @hookimpl

@@ -103,7 +103,7 @@ class PodmanRuntime:
     def __init__(self, client: PodmanClient, endpoint: str, settings: Settings) -> None:
         self.client = client
         self.endpoint = endpoint
-        self.loopback_insecure = settings.get("opencti.daemon.podman.loopback_insecure", True) is True
+        self.loopback_insecure = settings.get("opencti.daemon.podman.loopback_insecure") is True
 
     @classmethod
     def connect(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> PodmanRuntime:
