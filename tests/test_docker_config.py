@@ -344,3 +344,14 @@ def test_registry_is_canonical(home: Path, make_settings) -> None:
     assert isinstance(result, Found)
     assert result.credentials.registry == "docker.io"
     assert result.credentials.engine_auth()["serveraddress"] == "docker.io"
+
+
+def test_oversize_config_json_is_refused_by_size(home: Path, make_settings) -> None:
+    path = home / ".docker/config.json"
+    path.parent.mkdir()
+    with path.open("wb") as handle:
+        handle.truncate(4 * 1024 * 1024 + 1)
+    result = ask("reg.io/app", make_settings, {"HOME": str(home)})
+    assert isinstance(result, Failed) and not result.fatal
+    assert result.reason == (f"Docker config file {path} is larger than 4 MiB, the most xtm-composer "
+                             "reads from such a file")

@@ -28,6 +28,7 @@ from tests.keychain_helpers import (
     PASS_SECRET,
     PASS_TOKEN,
     SECRETS,
+    SYSTEM_PATH,
     PassStore,
     calls,
     counting_helper,
@@ -231,16 +232,28 @@ def test_missing_helper(home: Path, bin_dir: Path, make_settings, monkeypatch: p
     assert isinstance(ask("alpine", make_settings(), helper_env(home, bin_dir)), Found)
 
 
-def test_not_executable_and_bad_interpreter(home: Path, bin_dir: Path, make_settings) -> None:
+def test_not_executable_and_bad_interpreter(home: Path, bin_dir: Path, make_settings,
+                                            tmp_path: Path) -> None:
     config(home, {"credsStore": "broken"})
     helper = write_helper(bin_dir, "broken", "")
     helper.write_text("#!/nonexistent/interpreter\n")
     result = ask("reg.io/app", make_settings(), helper_env(home, bin_dir))
     assert isinstance(result, Failed) and "cannot be run: No such file or directory" in result.reason
+    assert "helper ran" not in result.reason  # it never started
     CACHE.clear()
     helper.chmod(0o644)
     result = ask("reg.io/app", make_settings(), helper_env(home, bin_dir))
-    assert isinstance(result, Failed) and "is not on PATH" in result.reason
+    # on PATH but not executable: said so, with where, rather than "missing"
+    assert isinstance(result, Failed) and not result.fatal
+    assert (f"docker-credential-broken (credsStore in {home}/.docker/config.json) is on PATH at "
+            f"{helper} but is not executable; `chmod +x` it") in result.reason
+    assert "is not on PATH" not in result.reason
+    # an executable one later on PATH is the one a shell would run: it answers
+    later = tmp_path / "later-bin"
+    counting_helper(later, "broken")
+    CACHE.clear()
+    found = ask("reg.io/app", make_settings(), helper_env(home, bin_dir, PATH=f"{bin_dir}:{later}:{SYSTEM_PATH}"))
+    assert isinstance(found, Found)
 
 
 def test_hanging_helper_is_killed_at_the_timeout(home: Path, bin_dir: Path, make_settings) -> None:
@@ -252,6 +265,7 @@ def test_hanging_helper_is_killed_at_the_timeout(home: Path, bin_dir: Path, make
     elapsed = time.monotonic() - started
     assert isinstance(result, Failed) and not result.fatal
     assert "did not answer within 0.5 s and was killed" in result.reason
+    assert "timed out" in result.reason and "helper ran" not in result.reason
     assert elapsed < 3, elapsed
     # the helper's child (which held the pipes) was killed with it
     sleeper = int((bin_dir / "hang.pid").read_text())
@@ -266,6 +280,50 @@ def test_hanging_helper_is_killed_at_the_timeout(home: Path, bin_dir: Path, make
     strict = ask("reg.io/app", make_settings({"auth.helper_timeout": 0.5, "auth.strict_helpers": True}),
                  helper_env(home, bin_dir))
     assert isinstance(strict, Failed) and strict.fatal
+
+
+@pytest.mark.parametrize("body, pipe", [
+    ("cat >/dev/null\nexec yes\n", "stdout"),  # the probe's helper: 6 GB read before the bound
+    ("cat >/dev/null\nexec yes >&2\n", "stderr"),
+])
+def test_flooding_helper_is_stopped_at_the_output_bound(home: Path, bin_dir: Path, make_settings,
+                                                       body: str, pipe: str) -> None:
+    config(home, {"credsStore": "flood"})
+    write_helper(bin_dir, "flood", body)
+    result = ask("reg.io/app", make_settings({"auth.helper_timeout": 60}), helper_env(home, bin_dir))
+    assert isinstance(result, Failed) and not result.fatal
+    assert result.reason.startswith("docker-credential-flood (credsStore in ")
+    assert (f"credential too large: printed more than 1 MiB on {pipe}, the most read from a "
+            "credential helper; it was killed") in result.reason
+    assert "helper ran" not in result.reason and "y\ny" not in result.reason
+
+
+def test_dribbling_helper_is_killed_at_the_timeout(home: Path, bin_dir: Path, make_settings) -> None:
+    """Output that never ends and never reaches the bound: the timeout holds for the whole exchange."""
+    config(home, {"credsStore": "dribble"})
+    write_helper(bin_dir, "dribble", f'echo $$ > "{bin_dir}/dribble.pid"\n'
+                                     "while :; do echo x; echo y >&2; sleep 0.01; done\n")
+    result = ask("reg.io/app", make_settings({"auth.helper_timeout": 0.5}), helper_env(home, bin_dir))
+    assert isinstance(result, Failed)
+    assert "timed out: did not answer within 0.5 s and was killed" in result.reason
+    assert "helper ran" not in result.reason
+    helper = int((bin_dir / "dribble.pid").read_text())
+    deadline = time.monotonic() + 3
+    while _alive(helper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(helper)
+
+
+def test_oversize_secret_is_credential_too_large(home: Path, bin_dir: Path, make_settings) -> None:
+    config(home, {"credsStore": "big"})
+    # a valid answer whose secret is 1 MB: under the output bound, over any auth header's
+    write_helper(bin_dir, "big", "cat >/dev/null\nprintf '{\"Username\":\"u\",\"Secret\":\"'\n"
+                                 "head -c 1000000 /dev/zero | tr '\\0' a\nprintf '\"}'\n")
+    result = ask("reg.io/app", make_settings(), helper_env(home, bin_dir))
+    assert isinstance(result, Failed)
+    assert ("credential too large: 1000001 bytes, more than 64 KiB (registries and engines refuse "
+            "auth headers that large)") in result.reason
+    assert "aaaa" not in result.reason
 
 
 def _alive(pid: int) -> bool:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from composer_core import redact
 from composer_core.auth.registries import HUB, HUB_KEY, InvalidKey, KeyScope, parse_key
+from composer_core.files import LIMIT_AUTH_FILE, FileReadError, read_bytes
 from composer_core.types import Failed, NotFound
 
 if TYPE_CHECKING:
@@ -112,9 +113,10 @@ class AuthFile:
 _memo: dict[str, tuple[tuple[int, ...], AuthFile]] = {}
 
 
-def read_auth_file(path: str) -> AuthFile | None:
+def read_auth_file(path: str, what: str = "credential file") -> AuthFile | None:
     """The parsed file at ``path``; ``None`` when it does not exist; :class:`AuthFileError` when it
-    cannot be used."""
+    cannot be used. Read through :func:`composer_core.files.read_bytes`: regular files only, at most
+    ``LIMIT_AUTH_FILE`` bytes (``what`` names the file in that error)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -124,22 +126,30 @@ def read_auth_file(path: str) -> AuthFile | None:
     if stat.S_ISDIR(st.st_mode):
         raise AuthFileError(f"{path} is a directory, not a file")
     if not stat.S_ISREG(st.st_mode):
-        # a FIFO would block the read forever, a device could never end
-        raise AuthFileError(f"{path} is not a regular file")
+        # a FIFO would block the read forever, a device could never end: refused before opening
+        raise AuthFileError(f"{path} is not a regular file ({_kind(st.st_mode)}): only regular "
+                            "files are read")
     signature = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     cached = _memo.get(path)
     if cached is not None and cached[0] == signature:
         return cached[1]
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise AuthFileError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+        raw = read_bytes(path, limit=LIMIT_AUTH_FILE, what=what)
+    except FileReadError as exc:
+        if exc.missing:
+            return None
+        raise AuthFileError(exc.reason) from None
     parsed = AuthFile(path, _decode_json(path, raw))
     _memo[path] = (signature, parsed)
     return parsed
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "a special file"
 
 
 def _decode_json(path: str, raw: bytes) -> Mapping[str, Any]:
@@ -332,7 +342,7 @@ def read_docker_config(environ: Mapping[str, str]) -> AuthFile | NotFound | Fail
     if path is None:
         return NotFound(f"no config.json to read ({how})")
     try:
-        config = read_auth_file(path)
+        config = read_auth_file(path, "Docker config file")
     except AuthFileError as exc:
         return Failed(str(exc))
     if config is None:

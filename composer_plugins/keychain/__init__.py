@@ -33,7 +33,7 @@ from composer_core.types import (
 )
 from composer_plugins.keychain.cache import HelperCache
 from composer_plugins.keychain.choose import Choice, choose_helper
-from composer_plugins.keychain.helper import HelperAnswer, find_helper, run_get
+from composer_plugins.keychain.helper import HelperAnswer, find_helper, non_executable_helper, run_get
 
 NAME = "keychain"
 PROGRAM = "docker-credential-"
@@ -93,17 +93,18 @@ def lookup(request: CredentialRequest) -> LookupResult:
     if cached is None:
         executable = find_helper(choice.name, request.environ)
         if executable is None:
-            return Failed(f"{plan.via} is not on PATH; install it or remove {choice.origin} from "
-                          f"{path}{plan.notes}", fatal=_strict(request))
+            return Failed(_missing(plan, choice, path, request), fatal=_strict(request))
         timeout = float(request.settings.get("auth.helper_timeout", 10))
         log.debug("running %s get for %s (timeout %g s)", executable, plan.server_url, timeout)
         cached = CACHE.get_or_run(
             key, lambda: run_get(executable, plan.server_url, request.environ, timeout),
             _ttl_of(request.settings))
     answer, remaining = cached
-    when = (f"from cache (expires in {remaining:.0f} s)" if remaining is not None
-            else f"helper ran ({answer.seconds:.2f} s)")
-    detail = f"{plan.via} for {plan.server_url}: {answer.detail}; {when}{plan.notes}"
+    if remaining is not None:
+        when = f"; from cache (expires in {remaining:.0f} s)"
+    else:  # a helper that timed out or could not start did not "run (0.00 s)"
+        when = "" if answer.seconds is None else f"; helper ran ({answer.seconds:.2f} s)"
+    detail = f"{plan.via} for {plan.server_url}: {answer.detail}{when}{plan.notes}"
     if answer.outcome == "not-found":
         return NotFound(detail)
     if answer.outcome == "error":
@@ -113,6 +114,14 @@ def lookup(request: CredentialRequest) -> LookupResult:
                               password=None if token else answer.secret,
                               identity_token=answer.secret if token else None, key=plan.key, file=path)
     return Found(credentials, detail)
+
+
+def _missing(plan: Plan, choice: Choice, path: str, request: CredentialRequest) -> str:
+    present = non_executable_helper(str(choice.name), request.environ)
+    if present is not None:
+        return (f"{plan.via} is on PATH at {present} but is not executable; `chmod +x` it or remove "
+                f"{choice.origin} from {path}{plan.notes}")
+    return f"{plan.via} is not on PATH; install it or remove {choice.origin} from {path}{plan.notes}"
 
 
 def _strict(request: CredentialRequest) -> bool:
