@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from composer_core import redact
+from composer_core.redact import MASK
 
 if TYPE_CHECKING:
     from composer_core.images.reference import ImageRef
     from composer_core.settings import Settings
-
-MASK = "******"
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,12 +30,12 @@ import yaml
 from composer_core import redact
 from composer_core.auth.registries import InvalidKey, parse_key
 from composer_core.errors import SettingsError
+from composer_core.redact import MASK
 from composer_core.yamlfile import YamlFileError, read_yaml
 
 SECTIONS = ("manager", "opencti", "auth", "images", "plugins")
 SECRET_KEYS = frozenset({"password", "token", "secret", "auth", "identitytoken",
                          "identity_token", "credentials_key", "api_key"})
-MASK = "******"
 #: leaves that are always text: never typed from an environment variable (a password "0x1F")
 STRING_KEYS = SECRET_KEYS | {"username", "url", "password_file", "email", "endpoint", "id", "name"}
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")
