@@ -13,6 +13,7 @@ import pytest
 
 from composer_core.types import Failed, Found, NotFound
 from composer_plugins.docker_config import lookup
+from composer_plugins.keychain import lookup as keychain_lookup
 from tests.conftest import assert_no_secrets
 from tests.keychain_helpers import (
     BAD_ENTRY_SECRET,
@@ -355,3 +356,21 @@ def test_oversize_config_json_is_refused_by_size(home: Path, make_settings) -> N
     assert isinstance(result, Failed) and not result.fatal
     assert result.reason == (f"Docker config file {path} is larger than 4 MiB, the most xtm-composer "
                              "reads from such a file")
+
+
+def test_a_key_written_with_a_password_never_shows_it(home: Path, make_settings,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """``https://robot:pw@reg.io`` as a key: skipped, and the password is in no detail or log (it is
+    no registered secret, so only not formatting it protects it)."""
+    in_key = "inkey"
+    write_json(home / ".docker/config.json", {
+        "auths": {f"https://robot:{in_key}@reg.io": {"auth": AUTH}, "ghcr.io": {"auth": AUTH}},
+        "credHelpers": {f"robot:{in_key}@quay.io": "pass"}})
+    caplog.set_level(logging.DEBUG, logger="xtm_composer")
+    result = ask("reg.io/app", make_settings, {"HOME": str(home)})
+    assert isinstance(result, NotFound)
+    assert "keys: https://***@reg.io, ghcr.io" in result.reason
+    assert "entry 'https://***@reg.io' skipped: invalid key" in result.reason
+    helper = keychain_lookup(request("reg.io/app", make_settings(), {"HOME": str(home)}))
+    assert "credHelpers['***@quay.io'] skipped" in helper.reason
+    assert in_key not in result.reason + helper.reason + caplog.text

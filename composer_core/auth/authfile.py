@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from composer_core import redact
 from composer_core.auth.registries import HUB, HUB_KEY, InvalidKey, KeyScope, parse_key
 from composer_core.files import LIMIT_AUTH_FILE, FileReadError, read_bytes
+from composer_core.redact import hide_userinfo
 from composer_core.types import Failed, NotFound
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ class Auths:
     problem: str | None = None  # the section as a whole is unusable
 
     def skipped_text(self) -> str:
-        return "; ".join(f"entry {key!r} skipped: {why}" for key, why in self.skipped)
+        return "; ".join(f"entry {hide_userinfo(key)!r} skipped: {why}" for key, why in self.skipped)
 
 
 class AuthFile:
@@ -301,7 +302,8 @@ def keys_text(auths: Auths, limit: int = 12) -> str:
     """``keys: a, b`` for "no entry" messages (key names only)."""
     if not auths.keys:
         return "no keys"
-    shown = ", ".join(auths.keys[:limit])
+    # a key written as a URL may carry a password (https://robot:pw@reg.io): never shown
+    shown = ", ".join(hide_userinfo(key) for key in auths.keys[:limit])
     more = f", ... ({len(auths.keys) - limit} more)" if len(auths.keys) > limit else ""
     return f"keys: {shown}{more}"
 
