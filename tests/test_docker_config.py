@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ from tests.keychain_helpers import (
     BAD_ENTRY_SECRET,
     DOCKER_PASSWORD,
     DOCKER_TOKEN,
+    ENV_PASSWORD,
     SECRETS,
     b64,
     request,
@@ -374,3 +376,106 @@ def test_a_key_written_with_a_password_never_shows_it(home: Path, make_settings,
     helper = keychain_lookup(request("reg.io/app", make_settings(), {"HOME": str(home)}))
     assert "credHelpers['***@quay.io'] skipped" in helper.reason
     assert in_key not in result.reason + helper.reason + caplog.text
+
+
+# --- DOCKER_AUTH_CONFIG -----------------------------------------------------------------------------
+
+ENV_AUTH = b64(f"env-user:{ENV_PASSWORD}")
+
+
+def env_config(auths: dict, **extra: str) -> dict[str, str]:
+    return {"DOCKER_AUTH_CONFIG": json.dumps({"auths": auths}), **extra}
+
+
+def test_docker_auth_config_alone(make_settings) -> None:
+    """A CI job's whole config.json in the environment, no file at all."""
+    result = ask("reg.io/team/app", make_settings, env_config({"https://reg.io/v1/": {"auth": ENV_AUTH}}))
+    assert isinstance(result, Found)
+    creds = result.credentials
+    assert (creds.source, creds.username, creds.password) == ("docker-config", "env-user", ENV_PASSWORD)
+    assert (creds.key, creds.file) == ("DOCKER_AUTH_CONFIG[https://reg.io/v1/]", None)
+    assert result.detail == ("key 'https://reg.io/v1/' in DOCKER_AUTH_CONFIG (the environment, read "
+                             "before config.json as the Docker CLI does) matches reg.io/team/app "
+                             "(user 'env-user')")
+
+
+def test_docker_auth_config_wins_over_the_file(home: Path, make_settings) -> None:
+    """The Docker CLI's precedence: its memory store (the variable) answers first and falls back to
+    the file (or the helper) only for registries it does not hold."""
+    path = write_json(home / ".docker/config.json", {"auths": {
+        "reg.io": {"auth": AUTH}, "reg.io/team": {"auth": AUTH}, "ghcr.io": {"auth": AUTH}}})
+    environ = env_config({"reg.io": {"auth": ENV_AUTH}}, HOME=str(home))
+    env_answer = ask("reg.io/team/app", make_settings, environ)
+    assert isinstance(env_answer, Found) and env_answer.credentials.password == ENV_PASSWORD
+    file_answer = ask("ghcr.io/app", make_settings, environ)
+    assert isinstance(file_answer, Found) and file_answer.credentials.password == DOCKER_PASSWORD
+    assert file_answer.credentials.file == str(path)
+    assert file_answer.detail == (f"no entry for ghcr.io/app in DOCKER_AUTH_CONFIG (keys: reg.io); "
+                                  f"key 'ghcr.io' in {path} matches ghcr.io/app (user 'docker-user')")
+    neither = ask("quay.io/app", make_settings, environ)
+    assert isinstance(neither, NotFound)
+    assert neither.reason.startswith("no entry for quay.io/app in DOCKER_AUTH_CONFIG (keys: reg.io); "
+                                     f"no entry for quay.io/app in {path}")
+    # the variable is read from the request's environment: without it, the file answers
+    assert ask("reg.io/team/app", make_settings, {"HOME": str(home)}).credentials.password == \
+        DOCKER_PASSWORD
+
+
+def test_docker_auth_config_entries_count_by_auth_only(make_settings,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """As in the Docker CLI, only ``auth`` is read: an identity token beside it is ignored, and an
+    entry without it is skipped with its reason (Docker would ignore the whole variable)."""
+    environ = env_config({"reg.io": {"auth": ENV_AUTH, "identitytoken": DOCKER_TOKEN},
+                          "ghcr.io": {"username": "u", "password": BAD_ENTRY_SECRET},
+                          "quay.io": {"auth": BAD_ENTRY_SECRET}})
+    found = ask("reg.io/app", make_settings, environ)
+    assert isinstance(found, Found)
+    assert (found.credentials.password, found.credentials.identity_token) == (ENV_PASSWORD, None)
+    skipped = ask("ghcr.io/app", make_settings, environ)
+    assert isinstance(skipped, NotFound)
+    assert ("entry 'ghcr.io' skipped: no auth (the only field the Docker CLI reads from "
+            "DOCKER_AUTH_CONFIG: base64 of user:password); entry 'quay.io' skipped: bad base64"
+            ) in skipped.reason
+    assert "keys: reg.io, ghcr.io, quay.io" in skipped.reason
+    assert_no_secrets(found.detail + skipped.reason + caplog.text, SECRETS)
+
+
+@pytest.mark.parametrize("value, why", [
+    ('{"auths": {"reg.io": {"auth": "' + BAD_ENTRY_SECRET + '"}', "is not valid JSON"),
+    ("[1]", "must hold a JSON object, found a list"),
+    ('{"auths": "' + BAD_ENTRY_SECRET + '"}', "'auths' is a string, expected an object"),
+])
+def test_a_broken_docker_auth_config_is_reported_and_the_file_still_read(
+        home: Path, make_settings, value: str, why: str, caplog: pytest.LogCaptureFixture) -> None:
+    environ = {"DOCKER_AUTH_CONFIG": value, "HOME": str(home)}
+    failed = ask("reg.io/app", make_settings, environ)
+    assert isinstance(failed, Failed) and not failed.fatal
+    assert failed.reason.startswith("DOCKER_AUTH_CONFIG") and why in failed.reason
+    write_json(home / ".docker/config.json", {"auths": {"reg.io": {"auth": AUTH}}})
+    found = ask("reg.io/app", make_settings, environ)
+    assert isinstance(found, Found) and found.credentials.password == DOCKER_PASSWORD
+    assert why in found.detail
+    assert_no_secrets(failed.reason + found.detail + caplog.text, SECRETS)
+
+
+def test_empty_docker_auth_config_is_unset(home: Path, make_settings) -> None:
+    result = ask("reg.io/app", make_settings, {"DOCKER_AUTH_CONFIG": "", "HOME": str(home)})
+    assert isinstance(result, NotFound) and "DOCKER_AUTH_CONFIG" not in result.reason
+
+
+@pytest.mark.integration
+def test_a_real_pull_with_docker_auth_config(engine: str, bench, run_cli, manager: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CI job's way: no file, no settings, the credential in DOCKER_AUTH_CONFIG only."""
+    monkeypatch.setenv("MANAGER__ID", manager)
+    monkeypatch.setenv("OPENCTI__DAEMON__SELECTOR", engine)
+    image = bench.ref(bench.registry_private)
+    code, _, err = run_cli(["pull", image])
+    assert code == 6, err  # nothing configured: authentication required
+    monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps({"auths": {bench.registry_private: {
+        "auth": b64(f"{bench.username}:{bench.password}")}}}))
+    code, out, err = run_cli(["--log-level", "debug", "pull", image, "--json"])
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["source"], data["username"]) == ("docker-config", bench.username)
+    assert_no_secrets(out + err, [bench.password, b64(f"{bench.username}:{bench.password}")])

@@ -29,7 +29,7 @@ import os
 import stat
 from base64 import b64decode
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from composer_core import redact
@@ -158,6 +158,10 @@ def _decode_json(path: str, raw: bytes) -> Mapping[str, Any]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise AuthFileError(f"{path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    return _parse_json(path, text)
+
+
+def _parse_json(path: str, text: str) -> Mapping[str, Any]:
     if not text.strip():
         return {}  # like the Docker CLI: an empty file is an empty configuration
     try:
@@ -173,9 +177,53 @@ def _decode_json(path: str, raw: bytes) -> Mapping[str, Any]:
     return data
 
 
+#: the environment variable from which the Docker CLI (since 28.x) reads a whole ``auths`` document
+DOCKER_AUTH_CONFIG = "DOCKER_AUTH_CONFIG"
+_env_memo: dict[str, AuthFile] = {}
+
+
+def read_docker_auth_env(environ: Mapping[str, str]) -> AuthFile | None:
+    """``DOCKER_AUTH_CONFIG`` of the request's environment as an auth document, ``None`` when it is
+    unset or empty; :class:`AuthFileError` when it is not a JSON object (Docker CLI: a warning, and
+    the variable is ignored). Entries count by their ``auth`` only, as in the Docker CLI: any other
+    field is ignored, and an entry without ``auth`` is skipped with its reason (the Docker CLI would
+    ignore the whole variable). Parsed once per value."""
+    text = environ.get(DOCKER_AUTH_CONFIG)
+    if not text:
+        return None
+    parsed = _env_memo.get(text)
+    if parsed is not None:
+        return parsed
+    if len(text) > LIMIT_AUTH_FILE:
+        raise AuthFileError(f"{DOCKER_AUTH_CONFIG} is longer than {LIMIT_AUTH_FILE // (1024 * 1024)} "
+                            "MiB, the most xtm-composer reads from a credential document")
+    data = _parse_json(DOCKER_AUTH_CONFIG, text)
+    parsed = AuthFile(DOCKER_AUTH_CONFIG, data)
+    section = data.get("auths")
+    if isinstance(section, dict):
+        kept: dict[str, Any] = {}
+        skipped: list[tuple[str, str]] = []
+        for key, value in section.items():
+            if isinstance(value, dict) and not value.get("auth"):
+                skipped.append((key, f"no auth (the only field the Docker CLI reads from "
+                                     f"{DOCKER_AUTH_CONFIG}: base64 of user:password)"))
+            else:  # a wrong shape or a bad auth: reported by parse_auths, as for the files
+                kept[key] = {"auth": value["auth"]} if isinstance(value, dict) else value
+        auths = parse_auths({"auths": kept}, allow_scheme=True)
+        auths = replace(auths, skipped=(*skipped, *auths.skipped), keys=tuple(section))
+        if auths.skipped:
+            log.warning("%s: %s", DOCKER_AUTH_CONFIG, auths.skipped_text())
+        parsed._auths[True] = auths
+    if len(_env_memo) >= 8:  # a long-running process sees one value, tests a few
+        _env_memo.clear()
+    _env_memo[text] = parsed
+    return parsed
+
+
 def clear_memo() -> None:
     """For tests and benchmarks: forget every parsed file."""
     _memo.clear()
+    _env_memo.clear()
 
 
 def parse_auths(data: Mapping[str, Any], *, allow_scheme: bool) -> Auths:
