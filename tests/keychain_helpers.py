@@ -30,7 +30,7 @@ from composer_core.auth import authfile
 from composer_core.images.reference import ImageRef
 from composer_core.settings import Settings
 from composer_core.types import CredentialRequest
-from composer_plugins.keychain import CACHE
+from composer_plugins.keychain import CACHE, default_store
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -126,6 +126,7 @@ def helper_env(home: Path, bin_dir: Path | None = None, **extra: str) -> dict[st
 @pytest.fixture(autouse=True)
 def clean_helper_cache() -> Iterator[None]:
     CACHE.clear()
+    default_store.clear()
     authfile.clear_memo()
     yield
     CACHE.clear()

@@ -23,6 +23,7 @@ import pytest
 
 from composer_core import redact
 from composer_core.redact import MASK, distinctive, register, scrub
+from composer_plugins.keychain import CACHE
 from tests.engine_helpers import unique
 
 Run = Callable[[list[str]], tuple[int, str, str]]
@@ -104,6 +105,7 @@ def settings_file(tmp_path: Path, password: str, registry: str = "reg.example.co
 
 
 def offline_outputs(run_cli: Run, tmp_path: Path, password: str) -> list[str]:
+    CACHE.clear()  # both runs ask the default credential store alike
     config = str(settings_file(tmp_path, password))
     outputs = []
     for args in (["config", "show"], ["config", "show", "--json"],
@@ -138,6 +140,7 @@ def test_config_show_and_auth_explain_with_a_short_password(run_cli: Run, tmp_pa
 def deploy_outputs(run_cli: Run, tmp_path: Path, bench: Any, password: str, name: str) -> list[str]:
     """A deploy from the open registry with ``password`` configured for it (the registry ignores
     it), then a pull from the private registry with that (wrong) password: the error path."""
+    CACHE.clear()
     outputs = []
     config = str(settings_file(tmp_path, password, bench.registry_open))
     code, out, err = run_cli(["--config", config, "--log-level", "debug", "deploy",

@@ -1,8 +1,10 @@
 """Built-in credential provider ``keychain``: the Docker credential helpers, i.e. the OS keychain.
 
 config.json (the one ``docker-config`` reads) names the helper: ``credHelpers[registry]``, else
-``credsStore``. We run ``docker-credential-NAME get`` with the server URL on stdin (Docker Hub:
-``https://index.docker.io/v1/``), found on the request's PATH, with the request's environment.
+``credsStore``; when config.json has neither (nor any ``auths``), the Docker CLI's default store
+(:mod:`composer_plugins.keychain.default_store`). We run ``docker-credential-NAME get`` with the
+server URL on stdin (Docker Hub: ``https://index.docker.io/v1/``), found on the request's PATH,
+with the request's environment (a default store is fail-soft even with ``auth.strict_helpers``).
 
 Fail-soft with a record (the complaints this closes: a missing ``desktop`` helper breaking every
 pull, a non-standard "not found" treated as fatal, a locked keychain stalling pulls forever): a helper
@@ -15,7 +17,7 @@ Helper output never reaches a detail or a log beyond the protocol's standard tex
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
 from composer_core import hookimpl
@@ -31,6 +33,7 @@ from composer_core.types import (
     LookupResult,
     NotFound,
 )
+from composer_plugins.keychain import default_store
 from composer_plugins.keychain.cache import HelperCache
 from composer_plugins.keychain.choose import Choice, choose_helper
 from composer_plugins.keychain.helper import HelperAnswer, find_helper, non_executable_helper, run_get
@@ -60,6 +63,7 @@ class Plan:
     via: str = ""  # "docker-credential-NAME (credsStore in /path/config.json)"
     key: str = ""  # the answer's Credentials.key
     notes: str = ""
+    default: bool = False  # the Docker CLI's default store, not named by config.json
 
 
 def _plan(config: AuthFile, registry: str) -> Plan:
@@ -73,27 +77,61 @@ def _plan(config: AuthFile, registry: str) -> Plan:
                 f"{choice.origin} -> {program}", notes)
 
 
+def _default_plan(base: str, registry: str, environ: Mapping[str, str]) -> Plan | None:
+    """The Docker CLI's default store, when config.json names none (see :mod:`.default_store`)."""
+    detected = default_store.detect(environ)
+    if detected is None:
+        return None
+    name, why = detected
+    program = PROGRAM + name
+    return Plan(Choice(name, "the default store"), registry, helper_server_url(registry),
+                f"{base}; so the Docker CLI's default store: {program} ({why})",
+                f"default store -> {program}", default=True)
+
+
 def lookup(request: CredentialRequest) -> LookupResult:
     config = read_docker_config(request.environ)
-    if isinstance(config, NotFound):
-        return NotFound(f"{config.reason}, so no credsStore or credHelpers")
     if isinstance(config, Failed):
         return config
-    path = config.path
+    registry = canonical_host(request.registry)
+    if isinstance(config, NotFound):
+        base = f"{config.reason}, so no credsStore or credHelpers"
+        plan = _default_plan(base, registry, request.environ)
+        if plan is None:
+            return NotFound(base + _NO_DEFAULT)
+        return _ask(plan, None, request)
     plan = config.memo.get((NAME, request.registry))
     if plan is None:
-        plan = config.memo[(NAME, request.registry)] = _plan(config, canonical_host(request.registry))
+        plan = config.memo[(NAME, request.registry)] = _plan(config, registry)
     choice = plan.choice
     if choice.name is None:
         if choice.error:
-            return Failed(f"{path}: {choice.reason}{plan.notes}", fatal=_strict(request))
-        return NotFound(f"{path}: {choice.reason}{plan.notes}")
-    key = (choice.name, plan.server_url, request.environ.get("PATH"))
+            return Failed(f"{config.path}: {choice.reason}{plan.notes}", fatal=_strict(request))
+        base = f"{config.path}: {choice.reason}{plan.notes}"
+        default = _default_plan(base, registry, request.environ) if default_store.applies(
+            config.data) else None
+        if default is None:
+            return NotFound(base + (_NO_DEFAULT if default_store.applies(config.data) else ""))
+        plan = default
+    return _ask(plan, config.path, request)
+
+
+_NO_DEFAULT = ("; no default store either (neither docker-credential-pass with pass nor "
+               "docker-credential-secretservice is on PATH)")
+
+
+def _ask(plan: Plan, path: str | None, request: CredentialRequest) -> LookupResult:
+    """Run the plan's helper (or read its cached answer) and word the answer."""
+    choice = plan.choice
+    name = str(choice.name)
+    # a default store is fail-soft: the user never named it, so it never stops a pull
+    fatal = _strict(request) and not plan.default
+    key = (name, plan.server_url, request.environ.get("PATH"))
     cached: tuple[HelperAnswer, float | None] | None = CACHE.get(key)  # the hot path: a dict lookup
     if cached is None:
-        executable = find_helper(choice.name, request.environ)
+        executable = find_helper(name, request.environ)
         if executable is None:
-            return Failed(_missing(plan, choice, path, request), fatal=_strict(request))
+            return Failed(_missing(plan, choice, str(path), request), fatal=fatal)
         timeout = float(request.settings.get("auth.helper_timeout", 10))
         log.debug("running %s get for %s (timeout %g s)", executable, plan.server_url, timeout)
         cached = CACHE.get_or_run(
@@ -108,7 +146,7 @@ def lookup(request: CredentialRequest) -> LookupResult:
     if answer.outcome == "not-found":
         return NotFound(detail)
     if answer.outcome == "error":
-        return Failed(detail, fatal=_strict(request))
+        return Failed(detail, fatal=fatal)
     token = answer.identity_token
     credentials = Credentials(registry=plan.registry, source=NAME, username=answer.username,
                               password=None if token else answer.secret,
@@ -117,6 +155,8 @@ def lookup(request: CredentialRequest) -> LookupResult:
 
 
 def _missing(plan: Plan, choice: Choice, path: str, request: CredentialRequest) -> str:
+    if plan.default:  # detected a moment ago
+        return f"{plan.via} is no longer on PATH"
     present = non_executable_helper(str(choice.name), request.environ)
     if present is not None:
         return (f"{plan.via} is on PATH at {present} but is not executable; `chmod +x` it or remove "
