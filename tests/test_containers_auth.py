@@ -189,3 +189,15 @@ def test_special_and_oversize_files_are_refused_at_once(dirs: dict[str, Path], m
     assert isinstance(found, Found) and found.credentials.password == PODMAN_PASSWORD
     assert (f"containers auth file {big} is larger than 4 MiB, the most xtm-composer reads from "
             "such a file") in found.detail
+
+
+def test_ipv6_keys(dirs: dict[str, Path], make_settings) -> None:
+    path = write_json(dirs["explicit"] / "auth.json", {"auths": {
+        "[0:0::1]:5000/team": {"auth": AUTH}, "::1:6555": {"auth": b64("six:pw-six-1234")}}})
+    env = {"REGISTRY_AUTH_FILE": str(path)}
+    scoped = ask("[::1]:5000/team/app", make_settings, env)
+    assert isinstance(scoped, Found) and scoped.credentials.username == "podman-user"
+    assert scoped.credentials.registry == "[::1]:5000"
+    unbracketed = ask("[::1]:6555/app", make_settings, env)
+    assert isinstance(unbracketed, Found) and unbracketed.credentials.username == "six"
+    assert isinstance(ask("[::1]:5000/other", make_settings, env), NotFound)

@@ -109,6 +109,11 @@ def test_entry_shapes(home: Path, make_settings, entry: dict, expected: tuple) -
     ("MY.Registry.NET", "my.registry.net/team/app"),
     ("10.10.30.45:5000", "10.10.30.45:5000/app"),
     ("https://localhost:5000", "localhost:5000/app"),
+    # IPv6: one bracketed, compressed form; unbracketed read as the Docker CLI reads it
+    ("https://::1:6555/v2/", "[::1]:6555/app"),
+    ("[::1]:6555", "[0:0::1]:6555/app"),
+    ("https://[0:0:0::1]:6555/v1/", "[::1]:6555/app"),
+    ("[FE80::1]", "[fe80::1]/app"),
 ])
 def test_keys_are_normalised(home: Path, make_settings, key: str, image: str) -> None:
     write_json(home / ".docker/config.json", {"auths": {key: {"auth": AUTH}}})
@@ -123,6 +128,8 @@ def test_keys_are_normalised(home: Path, make_settings, key: str, image: str) ->
     ("localhost:5001", "localhost:5000/app"),
     ("https://index.docker.io/v1/", "quay.io/app"),
     ("reg.io", "sub.reg.io/app"),
+    ("[::1]:6555", "[::1]:6556/app"),
+    ("[::1]", "[::1]:6555/app"),
 ])
 def test_keys_that_do_not_match(home: Path, make_settings, key: str, image: str) -> None:
     path = write_json(home / ".docker/config.json", {"auths": {key: {"auth": AUTH}, "other.io": {}}})
@@ -479,3 +486,18 @@ def test_a_real_pull_with_docker_auth_config(engine: str, bench, run_cli, manage
     data = json.loads(out)
     assert (data["source"], data["username"]) == ("docker-config", bench.username)
     assert_no_secrets(out + err, [bench.password, b64(f"{bench.username}:{bench.password}")])
+
+
+@pytest.mark.parametrize("key, why", [
+    ("a:b:c", "'a:b:c' is neither a host[:port] nor an IPv6 address (write an IPv6 registry in "
+              "brackets: [::1]:5000)"),
+    ("https://[zz]:5/", "not an IPv6 address in brackets: '[zz]:5'"),
+    ("[::1]x", "not an IPv6 address in brackets: '[::1]x'"),
+])
+def test_a_key_that_is_no_ipv6_address_is_skipped_with_its_reason(home: Path, make_settings, key: str,
+                                                                  why: str) -> None:
+    """It used to be kept as a key that could never match, listed without a reason."""
+    write_json(home / ".docker/config.json", {"auths": {key: {"auth": AUTH}}})
+    result = ask("[::1]:6555/app", make_settings, {"HOME": str(home)})
+    assert isinstance(result, NotFound)
+    assert f"entry {key!r} skipped: invalid key: {why}" in result.reason

@@ -556,3 +556,11 @@ def test_default_store_is_the_real_pass(pass_store: PassStore, home: Path, make_
                                 environ=env)
     assert other.source == "anonymous" and other.steps[2].outcome == "not-found"
     assert_no_secrets("\n".join(resolution.trace_lines() + other.trace_lines()), SECRETS)
+
+
+def test_ipv6_cred_helpers_key(home: Path, bin_dir: Path, make_settings) -> None:
+    config(home, {"credHelpers": {"https://::1:6555": "count"}})
+    counting_helper(bin_dir)
+    found = ask("[0:0::1]:6555/app", make_settings(), helper_env(home, bin_dir))
+    assert isinstance(found, Found) and found.credentials.registry == "[::1]:6555"
+    assert calls(bin_dir) == ["[::1]:6555"]  # the helper is asked for the canonical host
