@@ -501,3 +501,16 @@ def test_a_key_that_is_no_ipv6_address_is_skipped_with_its_reason(home: Path, ma
     result = ask("[::1]:6555/app", make_settings, {"HOME": str(home)})
     assert isinstance(result, NotFound)
     assert f"entry {key!r} skipped: invalid key: {why}" in result.reason
+
+
+def test_an_oversize_credential_entry_is_skipped_as_too_large(home: Path, make_settings) -> None:
+    """A 1 MB password would make the engine stop answering; it is refused with a clear reason."""
+    huge = "p" * 1_000_000
+    write_json(home / ".docker/config.json", {"auths": {
+        "reg.io": {"auth": b64(f"u:{huge}")}, "ghcr.io": {"identitytoken": huge}}})
+    for image, key in (("reg.io/app", "reg.io"), ("ghcr.io/app", "ghcr.io")):
+        result = ask(image, make_settings, {"HOME": str(home)})
+        assert isinstance(result, NotFound)
+        assert (f"entry {key!r} skipped: credential too large: 100000{1 if key == 'reg.io' else 0} "
+                "bytes, more than 64 KiB") in result.reason
+        assert "ppp" not in result.reason

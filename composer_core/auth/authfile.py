@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from composer_core import redact
 from composer_core.auth.registries import HUB, HUB_KEY, InvalidKey, KeyScope, parse_key
-from composer_core.files import LIMIT_AUTH_FILE, FileReadError, read_bytes
+from composer_core.files import LIMIT_AUTH_FILE, FileReadError, KiB, read_bytes
 from composer_core.redact import hide_userinfo
 from composer_core.types import Failed, NotFound
 
@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     from composer_core.types import AnyCredentials
 
 log = logging.getLogger("xtm_composer.auth.files")
+#: the largest credential (username + password or token) accepted from any source: registries and
+#: engines refuse auth headers much past this (a 1 MB secret made Podman stop answering), while real
+#: tokens are a few KiB
+LIMIT_CREDENTIAL = 64 * KiB
 _CREDENTIAL_FIELDS = ("auth", "username", "password", "identitytoken")
 
 
@@ -273,6 +277,9 @@ def _decode_entry(value: object) -> tuple[str | None, str | None, str | None] | 
         if isinstance(decoded, str):
             return decoded
         username, password = decoded
+    size = sum(len(part.encode()) for part in (username, password, token) if part)
+    if size > LIMIT_CREDENTIAL:
+        return too_large(size)
     if token:
         return username or None, None, token
     if not username:
@@ -280,6 +287,12 @@ def _decode_entry(value: object) -> tuple[str | None, str | None, str | None] | 
     if not password:
         return "no password"
     return username, password, None
+
+
+def too_large(size: int) -> str:
+    """The one wording of an oversize credential, whatever its source."""
+    return (f"credential too large: {size} bytes, more than {LIMIT_CREDENTIAL // KiB} KiB "
+            "(registries and engines refuse auth headers that large)")
 
 
 def _decode_auth(auth: str) -> tuple[str, str] | str:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from composer_core.auth.authfile import LIMIT_CREDENTIAL, too_large
 from composer_core.files import KiB, MiB
 
 #: The protocol's "not found" answer (stdout, exit 1).
@@ -31,9 +32,6 @@ NOT_FOUND_TEXT = "credentials not found in native keychain"
 TOKEN_USERNAME = "<token>"
 #: the most read from each of the helper's pipes; its answer is a few hundred bytes of JSON
 LIMIT_OUTPUT = 1 * MiB
-#: the largest credential (Username + Secret) accepted: registries and engines refuse auth headers
-#: much past this (a 1 MB secret made Podman stop answering); real tokens are a few KiB
-LIMIT_CREDENTIAL = 64 * KiB
 _CHUNK = 64 * KiB
 
 
@@ -198,9 +196,7 @@ def classify(returncode: int, out: bytes, err: bytes) -> HelperAnswer:
         return HelperAnswer("error", "answered a Username without a Secret")
     size_of = len(username.encode()) + len(secret.encode())
     if size_of > LIMIT_CREDENTIAL:
-        return HelperAnswer("error", f"credential too large: {size_of} bytes, more than "
-                                     f"{LIMIT_CREDENTIAL // KiB} KiB (registries and engines refuse "
-                                     "auth headers that large)")
+        return HelperAnswer("error", too_large(size_of))
     if username == TOKEN_USERNAME:
         return HelperAnswer("found", "identity token", None, secret, True)
     return HelperAnswer("found", f"user {username!r}", username, secret)
