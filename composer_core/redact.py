@@ -34,6 +34,7 @@ MIN_MIXED_CASE = 16
 _lock = threading.Lock()
 _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
+_masked: tuple[str, ...] = ()
 
 
 def distinctive(secret: str) -> bool:
@@ -61,7 +62,7 @@ def _token(secret: str) -> str:
 
 
 def register(*values: str | None) -> None:
-    global _pattern
+    global _pattern, _masked
     new = [v for v in values if isinstance(v, str) and v and v not in _secrets]
     if not new:
         return
@@ -70,11 +71,17 @@ def register(*values: str | None) -> None:
         masked = sorted((s for s in _secrets if distinctive(s)), key=len, reverse=True)
         # longest first, so that a secret containing another is masked whole
         _pattern = re.compile("|".join(_token(s) for s in masked)) if masked else None
+        _masked = tuple(masked)
 
 
 def scrub(text: str) -> str:
+    # the hot path: substring tests, and the (slower) token-aware regex only when one may match
     pattern = _pattern
-    return pattern.sub(MASK, text) if pattern is not None else text
+    if pattern is not None:
+        for secret in _masked:
+            if secret in text:
+                return pattern.sub(MASK, text)
+    return text
 
 
 _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)?[^/@\s]*@")
@@ -99,7 +106,8 @@ def scrub_data(value: Any) -> Any:
 
 def clear() -> None:
     """For tests only."""
-    global _pattern
+    global _pattern, _masked
     with _lock:
         _secrets.clear()
         _pattern = None
+        _masked = ()

@@ -93,22 +93,21 @@ def lookup(request: CredentialRequest) -> LookupResult:
     config = read_docker_config(request.environ)
     if isinstance(config, Failed):
         return config
-    registry = canonical_host(request.registry)
     if isinstance(config, NotFound):
         base = f"{config.reason}, so no credsStore or credHelpers"
-        plan = _default_plan(base, registry, request.environ)
+        plan = _default_plan(base, canonical_host(request.registry), request.environ)
         if plan is None:
             return NotFound(base + _NO_DEFAULT)
         return _ask(plan, None, request)
     plan = config.memo.get((NAME, request.registry))
     if plan is None:
-        plan = config.memo[(NAME, request.registry)] = _plan(config, registry)
+        plan = config.memo[(NAME, request.registry)] = _plan(config, canonical_host(request.registry))
     choice = plan.choice
     if choice.name is None:
         if choice.error:
             return Failed(f"{config.path}: {choice.reason}{plan.notes}", fatal=_strict(request))
         base = f"{config.path}: {choice.reason}{plan.notes}"
-        default = _default_plan(base, registry, request.environ) if default_store.applies(
+        default = _default_plan(base, plan.registry, request.environ) if default_store.applies(
             config.data) else None
         if default is None:
             return NotFound(base + (_NO_DEFAULT if default_store.applies(config.data) else ""))
@@ -124,14 +123,12 @@ def _ask(plan: Plan, path: str | None, request: CredentialRequest) -> LookupResu
     """Run the plan's helper (or read its cached answer) and word the answer."""
     choice = plan.choice
     name = str(choice.name)
-    # a default store is fail-soft: the user never named it, so it never stops a pull
-    fatal = _strict(request) and not plan.default
     key = (name, plan.server_url, request.environ.get("PATH"))
     cached: tuple[HelperAnswer, float | None] | None = CACHE.get(key)  # the hot path: a dict lookup
     if cached is None:
         executable = find_helper(name, request.environ)
         if executable is None:
-            return Failed(_missing(plan, choice, str(path), request), fatal=fatal)
+            return Failed(_missing(plan, choice, str(path), request), fatal=_fatal(plan, request))
         timeout = float(request.settings.get("auth.helper_timeout", 10))
         log.debug("running %s get for %s (timeout %g s)", executable, plan.server_url, timeout)
         cached = CACHE.get_or_run(
@@ -146,7 +143,7 @@ def _ask(plan: Plan, path: str | None, request: CredentialRequest) -> LookupResu
     if answer.outcome == "not-found":
         return NotFound(detail)
     if answer.outcome == "error":
-        return Failed(detail, fatal=fatal)
+        return Failed(detail, fatal=_fatal(plan, request))
     token = answer.identity_token
     credentials = Credentials(registry=plan.registry, source=NAME, username=answer.username,
                               password=None if token else answer.secret,
@@ -162,6 +159,11 @@ def _missing(plan: Plan, choice: Choice, path: str, request: CredentialRequest) 
         return (f"{plan.via} is on PATH at {present} but is not executable; `chmod +x` it or remove "
                 f"{choice.origin} from {path}{plan.notes}")
     return f"{plan.via} is not on PATH; install it or remove {choice.origin} from {path}{plan.notes}"
+
+
+def _fatal(plan: Plan, request: CredentialRequest) -> bool:
+    # a default store is fail-soft: the user never named it, so it never stops a pull
+    return _strict(request) and not plan.default
 
 
 def _strict(request: CredentialRequest) -> bool:
