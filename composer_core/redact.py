@@ -18,6 +18,7 @@ Every password, token or helper secret xtm-composer holds is registered here the
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from typing import Any
@@ -33,7 +34,7 @@ MIN_MIXED_CASE = 16
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
-_pattern: re.Pattern[str] | None = None
+#: the distinctive secrets, longest first (so that a secret containing another is masked whole)
 _masked: tuple[str, ...] = ()
 
 
@@ -53,34 +54,33 @@ def distinctive(secret: str) -> bool:
             and any(c.islower() for c in secret))
 
 
-def _token(secret: str) -> str:
+@functools.lru_cache(maxsize=4096)
+def _token(secret: str) -> re.Pattern[str]:
     """``secret`` as a whole token: not preceded or followed by a letter or digit where its own edge
-    is one (``Pa55word1`` is not masked inside ``xPa55word12``, which is another value)."""
+    is one (``Pa55word1`` is not masked inside ``xPa55word12``, which is another value). Compiled
+    only for a secret that occurs in a text: registering thousands stays cheap."""
     head = r"(?<![^\W_])" if secret[0].isalnum() else ""
     tail = r"(?![^\W_])" if secret[-1].isalnum() else ""
-    return head + re.escape(secret) + tail
+    return re.compile(head + re.escape(secret) + tail)
 
 
 def register(*values: str | None) -> None:
-    global _pattern, _masked
+    global _masked
     new = [v for v in values if isinstance(v, str) and v and v not in _secrets]
     if not new:
         return
     with _lock:
         _secrets.update(new)
-        masked = sorted((s for s in _secrets if distinctive(s)), key=len, reverse=True)
-        # longest first, so that a secret containing another is masked whole
-        _pattern = re.compile("|".join(_token(s) for s in masked)) if masked else None
-        _masked = tuple(masked)
+        added = tuple(v for v in set(new) if distinctive(v))
+        if added:  # a sort of sorted data plus a few: linear
+            _masked = tuple(sorted(_masked + added, key=len, reverse=True))
 
 
 def scrub(text: str) -> str:
-    # the hot path: substring tests, and the (slower) token-aware regex only when one may match
-    pattern = _pattern
-    if pattern is not None:
-        for secret in _masked:
-            if secret in text:
-                return pattern.sub(MASK, text)
+    # the hot path: one substring test per secret; the token-aware pattern only where one occurs
+    for secret in _masked:
+        if secret in text:
+            text = _token(secret).sub(MASK, text)
     return text
 
 
@@ -106,8 +106,7 @@ def scrub_data(value: Any) -> Any:
 
 def clear() -> None:
     """For tests only."""
-    global _pattern, _masked
+    global _masked
     with _lock:
         _secrets.clear()
-        _pattern = None
         _masked = ()

@@ -153,11 +153,13 @@ def _exchange(proc: subprocess.Popen[bytes], stdin: bytes,
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """Kill what is left of the helper's process group, reap it, close the pipes."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        if proc.poll() is None:
-            proc.kill()
+    # only while the helper is unreaped: its group id cannot have been reused by another process
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            if proc.poll() is None:
+                proc.kill()
     for pipe in (proc.stdin, proc.stdout, proc.stderr):
         if pipe is not None:
             try:
