@@ -514,3 +514,10 @@ def test_an_oversize_credential_entry_is_skipped_as_too_large(home: Path, make_s
         assert (f"entry {key!r} skipped: credential too large: 100000{1 if key == 'reg.io' else 0} "
                 "bytes, more than 64 KiB") in result.reason
         assert "ppp" not in result.reason
+
+
+def test_docker_auth_config_is_bounded(make_settings) -> None:
+    result = ask("reg.io/app", make_settings, {"DOCKER_AUTH_CONFIG": " " * (4 * 1024 * 1024 + 1)})
+    assert isinstance(result, Failed) and not result.fatal
+    assert result.reason.startswith("DOCKER_AUTH_CONFIG is longer than 4 MiB, the most xtm-composer "
+                                    "reads from a credential document (ignored)")

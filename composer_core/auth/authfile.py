@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from composer_core import redact
 from composer_core.auth.registries import HUB, HUB_KEY, InvalidKey, KeyScope, parse_key
-from composer_core.files import LIMIT_AUTH_FILE, FileReadError, KiB, read_bytes
+from composer_core.files import LIMIT_AUTH_FILE, FileReadError, KiB, MiB, read_bytes
 from composer_core.redact import hide_userinfo
 from composer_core.types import Failed, NotFound
 
@@ -181,7 +181,7 @@ def _parse_json(path: str, text: str) -> Mapping[str, Any]:
     return data
 
 
-#: the environment variable from which the Docker CLI (since 28.x) reads a whole ``auths`` document
+#: the environment variable from which recent Docker CLIs read a whole ``auths`` document
 DOCKER_AUTH_CONFIG = "DOCKER_AUTH_CONFIG"
 _env_memo: dict[str, AuthFile] = {}
 
@@ -199,8 +199,8 @@ def read_docker_auth_env(environ: Mapping[str, str]) -> AuthFile | None:
     if parsed is not None:
         return parsed
     if len(text) > LIMIT_AUTH_FILE:
-        raise AuthFileError(f"{DOCKER_AUTH_CONFIG} is longer than {LIMIT_AUTH_FILE // (1024 * 1024)} "
-                            "MiB, the most xtm-composer reads from a credential document")
+        raise AuthFileError(f"{DOCKER_AUTH_CONFIG} is longer than {LIMIT_AUTH_FILE // MiB} MiB, the "
+                            "most xtm-composer reads from a credential document")
     data = _parse_json(DOCKER_AUTH_CONFIG, text)
     parsed = AuthFile(DOCKER_AUTH_CONFIG, data)
     section = data.get("auths")

@@ -77,11 +77,13 @@ def _plan(config: AuthFile, registry: str) -> Plan:
                 f"{choice.origin} -> {program}", notes)
 
 
-def _default_plan(base: str, registry: str, environ: Mapping[str, str]) -> Plan | None:
-    """The Docker CLI's default store, when config.json names none (see :mod:`.default_store`)."""
+def _default_plan(base: str, registry: str, environ: Mapping[str, str]) -> Plan | NotFound:
+    """The Docker CLI's default store, when config.json names none (see :mod:`.default_store`);
+    ``base`` says why config.json named none."""
     detected = default_store.detect(environ)
     if detected is None:
-        return None
+        return NotFound(f"{base}; no default store either (neither docker-credential-pass with pass "
+                        "nor docker-credential-secretservice is on PATH)")
     name, why = detected
     program = PROGRAM + name
     return Plan(Choice(name, "the default store"), registry, helper_server_url(registry),
@@ -95,10 +97,8 @@ def lookup(request: CredentialRequest) -> LookupResult:
         return config
     if isinstance(config, NotFound):
         base = f"{config.reason}, so no credsStore or credHelpers"
-        plan = _default_plan(base, canonical_host(request.registry), request.environ)
-        if plan is None:
-            return NotFound(base + _NO_DEFAULT)
-        return _ask(plan, None, request)
+        default = _default_plan(base, canonical_host(request.registry), request.environ)
+        return _ask(default, None, request) if isinstance(default, Plan) else default
     plan = config.memo.get((NAME, request.registry))
     if plan is None:
         plan = config.memo[(NAME, request.registry)] = _plan(config, canonical_host(request.registry))
@@ -107,16 +107,13 @@ def lookup(request: CredentialRequest) -> LookupResult:
         if choice.error:
             return Failed(f"{config.path}: {choice.reason}{plan.notes}", fatal=_strict(request))
         base = f"{config.path}: {choice.reason}{plan.notes}"
-        default = _default_plan(base, plan.registry, request.environ) if default_store.applies(
-            config.data) else None
-        if default is None:
-            return NotFound(base + (_NO_DEFAULT if default_store.applies(config.data) else ""))
+        if not default_store.applies(config.data):
+            return NotFound(base)
+        default = _default_plan(base, plan.registry, request.environ)
+        if not isinstance(default, Plan):
+            return default
         plan = default
     return _ask(plan, config.path, request)
-
-
-_NO_DEFAULT = ("; no default store either (neither docker-credential-pass with pass nor "
-               "docker-credential-secretservice is on PATH)")
 
 
 def _ask(plan: Plan, path: str | None, request: CredentialRequest) -> LookupResult:
