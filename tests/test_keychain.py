@@ -494,8 +494,8 @@ def test_default_store_without_pass_is_secretservice(home: Path, bin_dir: Path, 
     assert (found.credentials.file, found.credentials.password) == (None, HELPER_SECRET)
     assert found.detail.startswith(
         f"no config.json at {home}/.docker/config.json (~/.docker), so no credsStore or credHelpers; "
-        "so the Docker CLI's default store: docker-credential-secretservice (pass is not installed) "
-        "for reg.io: user 'store-user'; helper ran (")
+        "asked the Docker CLI's default store instead: docker-credential-secretservice (pass is not "
+        "installed) for reg.io: user 'store-user'; helper ran (")
     assert calls(bin_dir, "secretservice") == ["reg.io"]
 
 
@@ -549,7 +549,7 @@ def test_default_store_is_the_real_pass(pass_store: PassStore, home: Path, make_
                                   plugins, env)
     data = resolution.to_dict()
     assert (data["key"], data["file"]) == ("default store -> docker-credential-pass", None)
-    assert "the Docker CLI's default store: docker-credential-pass (pass is installed)" in \
+    assert "the Docker CLI's default store instead: docker-credential-pass (pass is installed)" in \
         resolution.steps[2].detail
     # nothing stored for another registry: not found, and the chain goes on
     other = resolve_credentials(resolve_image("quay.io/x", settings, plugins), settings, plugins,

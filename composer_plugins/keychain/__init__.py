@@ -87,7 +87,7 @@ def _default_plan(base: str, registry: str, environ: Mapping[str, str]) -> Plan 
     name, why = detected
     program = PROGRAM + name
     return Plan(Choice(name, "the default store"), registry, helper_server_url(registry),
-                f"{base}; so the Docker CLI's default store: {program} ({why})",
+                f"{base}; asked the Docker CLI's default store instead: {program} ({why})",
                 f"default store -> {program}", default=True)
 
 
