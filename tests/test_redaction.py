@@ -120,7 +120,14 @@ def offline_outputs(run_cli: Run, tmp_path: Path, password: str) -> list[str]:
 
 @pytest.mark.parametrize("password", SHORT_PASSWORDS)
 def test_config_show_and_auth_explain_with_a_short_password(run_cli: Run, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
                                                             password: str) -> None:
+    monkeypatch.setenv("MANAGER__LOGGER__FORMAT", "json")
+    json_logs = offline_outputs(run_cli, tmp_path, password)
+    assert any(line.startswith("{") for line in json_logs[5].splitlines())  # the debug lines
+    assert [normalised(text) for text in json_logs] == \
+        [normalised(text) for text in offline_outputs(run_cli, tmp_path, OTHER)]
+    monkeypatch.delenv("MANAGER__LOGGER__FORMAT")
     shown = offline_outputs(run_cli, tmp_path, password)
     control = offline_outputs(run_cli, tmp_path, OTHER)
     assert [normalised(text) for text in shown] == [normalised(text) for text in control]
