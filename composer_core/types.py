@@ -20,13 +20,12 @@ from composer_core import redact
 from composer_core.records import CredentialProvider as CredentialProvider
 from composer_core.records import ImageResolver as ImageResolver
 from composer_core.records import RuntimeBackend as RuntimeBackend
+from composer_core.redact import MASK
 
 if TYPE_CHECKING:
     from composer_core.engine.tls import TlsDecision
     from composer_core.images.reference import ImageRef
     from composer_core.settings import Settings
-
-MASK = "******"
 
 
 @dataclass(frozen=True, slots=True)

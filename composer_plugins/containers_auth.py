@@ -64,7 +64,7 @@ def lookup(request: CredentialRequest) -> LookupResult:
     errors: list[str] = []
     for path, how in files:
         try:
-            parsed = read_auth_file(path)
+            parsed = read_auth_file(path, "containers auth file")
         except AuthFileError as exc:
             errors.append(str(exc))
             continue

@@ -6,6 +6,10 @@ the request's environment. Entries hold ``auth`` (base64 of ``user:password``), 
 ``username``/``password`` or an ``identitytoken``; ``{}`` markers (written by ``docker login`` when a
 credential helper holds the secret) mean "not here": the ``keychain`` provider asks the helper.
 
+``DOCKER_AUTH_CONFIG`` (a whole ``auths`` document in the environment, as the Docker CLI reads it
+since 2025) is read first: an entry there wins over the file and, the chain going on to
+``keychain`` only when nothing was found, over the helpers too, which is the Docker CLI's precedence.
+
 Where we differ from the Docker CLI, on purpose: a bad entry is skipped with its reason instead of
 rejecting the file; a path-scoped key (``reg.io/team-a``) covers only ``reg.io/team-a/...`` instead of
 being collapsed to its host; several keys for the same registry are resolved deterministically
@@ -18,10 +22,13 @@ import logging
 
 from composer_core import hookimpl
 from composer_core.auth.authfile import (
+    DOCKER_AUTH_CONFIG,
     AuthFile,
+    AuthFileError,
     Match,
     best_match,
     keys_text,
+    read_docker_auth_env,
     read_docker_config,
     reregister,
     warn_once,
@@ -42,20 +49,50 @@ log = logging.getLogger("xtm_composer.auth.docker_config")
 
 
 def lookup(request: CredentialRequest) -> LookupResult:
+    from_env = _from_environment(request)
+    if isinstance(from_env, Found):
+        return from_env
     config = read_docker_config(request.environ)
-    if not isinstance(config, AuthFile):
-        return config
+    result = _memoised(config, request) if isinstance(config, AuthFile) else config
+    return _after_environment(from_env, result)
+
+
+def _memoised(document: AuthFile, request: CredentialRequest) -> LookupResult:
     memo_key = (NAME, request.registry, request.image.path)
-    result = config.memo.get(memo_key)
+    result: LookupResult | None = document.memo.get(memo_key)
     if result is None:
-        result = config.memo[memo_key] = _answer(config, request)
+        result = document.memo[memo_key] = _answer(document, request)
     elif isinstance(result, Found):
         reregister(result.credentials)
     return result
 
 
+def _from_environment(request: CredentialRequest) -> LookupResult | None:
+    """``DOCKER_AUTH_CONFIG``: read before the file, and an entry there wins over the file and
+    over the credential helpers, as in the Docker CLI (its memory store falls back to the others)."""
+    try:
+        document = read_docker_auth_env(request.environ)
+    except AuthFileError as exc:
+        warn_once(log, (DOCKER_AUTH_CONFIG, str(exc)), f"{exc}; it is ignored")
+        return Failed(f"{exc} (ignored)")
+    return None if document is None else _memoised(document, request)
+
+
+def _after_environment(from_env: LookupResult | None, result: LookupResult) -> LookupResult:
+    """The file's answer, with what DOCKER_AUTH_CONFIG said first (it had nothing for the image)."""
+    if from_env is None:
+        return result
+    env_text = from_env.reason if isinstance(from_env, (NotFound, Failed)) else ""
+    if isinstance(result, Found):
+        return Found(result.credentials, f"{env_text}; {result.detail}")
+    if isinstance(result, Failed) or isinstance(from_env, Failed):
+        return Failed(f"{env_text}; {result.reason}")
+    return NotFound(f"{env_text}; {result.reason}")
+
+
 def _answer(config: AuthFile, request: CredentialRequest) -> LookupResult:
     path = config.path
+    env = path == DOCKER_AUTH_CONFIG
     auths = config.auths(allow_scheme=True)
     if auths.problem:
         return Failed(f"{path}: {auths.problem}")
@@ -70,8 +107,11 @@ def _answer(config: AuthFile, request: CredentialRequest) -> LookupResult:
         warn_once(log, (path, target, entry.key), f"{path}: {match.rivals_text()}")
     credentials = Credentials(registry=registry, source=NAME, username=entry.username,
                               password=entry.password, identity_token=entry.identity_token,
-                              key=entry.key, file=path)
-    return Found(credentials, f"key {entry.key!r} in {path} matches {target} "
+                              key=f"{DOCKER_AUTH_CONFIG}[{entry.key}]" if env else entry.key,
+                              file=None if env else path)
+    where = (f"in {DOCKER_AUTH_CONFIG} (the environment, read before config.json as the Docker CLI "
+             "does)" if env else f"in {path}")
+    return Found(credentials, f"key {entry.key!r} {where} matches {target} "
                               f"({entry.describe()}){notes}")
 
 

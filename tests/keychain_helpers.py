@@ -30,7 +30,7 @@ from composer_core.auth import authfile
 from composer_core.images.reference import ImageRef
 from composer_core.settings import Settings
 from composer_core.types import CredentialRequest
-from composer_plugins.keychain import CACHE
+from composer_plugins.keychain import CACHE, default_store
 
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -38,6 +38,7 @@ SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 DOCKER_PASSWORD = "dcfg-Pa55-7f3e9a1b"
 DOCKER_TOKEN = "dcfg-IdToken-51c0ffee"
 PODMAN_PASSWORD = "podm-Pa55-a8b7c6d5"
+ENV_PASSWORD = "envcfg-Pa55-3c4d5e6f"  # in DOCKER_AUTH_CONFIG
 CONFIG_PASSWORD = "conf-Pa55-0d1e2f3a"
 HELPER_SECRET = "helper-Secret-9e8d7c6b"
 HELPER_TOKEN = "helper-IdToken-4b3a2918"
@@ -46,7 +47,7 @@ PASS_TOKEN = "pass-IdToken-86427531"
 #: what the misbehaving helpers print: never to be shown either
 GARBAGE_SECRET = "garbage-Leak-5a5a5a5a"
 BAD_ENTRY_SECRET = "badentry-Leak-6b6b6b6b"
-SECRETS = [DOCKER_PASSWORD, DOCKER_TOKEN, PODMAN_PASSWORD, CONFIG_PASSWORD, HELPER_SECRET,
+SECRETS = [DOCKER_PASSWORD, DOCKER_TOKEN, PODMAN_PASSWORD, ENV_PASSWORD, CONFIG_PASSWORD, HELPER_SECRET,
            HELPER_TOKEN, PASS_SECRET, PASS_TOKEN, GARBAGE_SECRET, BAD_ENTRY_SECRET]
 
 
@@ -56,6 +57,7 @@ def b64(text: str, *, padded: bool = True) -> str:
 
 
 SECRETS += [b64(f"docker-user:{DOCKER_PASSWORD}"), b64(f"podman-user:{PODMAN_PASSWORD}"),
+            b64(f"env-user:{ENV_PASSWORD}"),
             b64(f"docker-user:{DOCKER_PASSWORD}", padded=False)]
 
 
@@ -124,6 +126,7 @@ def helper_env(home: Path, bin_dir: Path | None = None, **extra: str) -> dict[st
 @pytest.fixture(autouse=True)
 def clean_helper_cache() -> Iterator[None]:
     CACHE.clear()
+    default_store.clear()
     authfile.clear_memo()
     yield
     CACHE.clear()

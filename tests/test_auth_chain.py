@@ -27,6 +27,7 @@ from tests.keychain_helpers import (
     CONFIG_PASSWORD,
     DOCKER_PASSWORD,
     DOCKER_TOKEN,
+    ENV_PASSWORD,
     HELPERS,
     PASS_SECRET,
     PASS_TOKEN,
@@ -34,6 +35,7 @@ from tests.keychain_helpers import (
     SECRETS,
     PassStore,
     b64,
+    calls,
     counting_helper,
     hanging_helper,
     helper_env,
@@ -151,6 +153,20 @@ def test_a_failing_source_is_skipped_and_recorded(plugins, make_settings, source
     assert "is not valid JSON" in result.steps[1].detail
 
 
+def test_docker_auth_config_wins_over_the_helper_as_in_the_docker_cli(
+        plugins, make_settings, sources: Sources) -> None:
+    """config.json names a helper for the registry; DOCKER_AUTH_CONFIG holds it too: the Docker CLI
+    answers from the variable without running the helper, and so does the default chain."""
+    write_json(sources.docker_config, {"auths": {REG: {}}, "credHelpers": {REG: "count"}})
+    sources.environ["DOCKER_AUTH_CONFIG"] = json.dumps(
+        {"auths": {REG: {"auth": b64(f"env-user:{ENV_PASSWORD}")}}})
+    result = resolve(plugins, make_settings, sources)
+    assert (result.source, result.credentials.username) == ("docker-config", "env-user")
+    assert result.to_dict()["key"] == f"DOCKER_AUTH_CONFIG[{REG}]"
+    assert [s.outcome for s in result.steps[1:3]] == ["found", "skipped"]
+    assert calls(sources.bin_dir) == []  # the helper never ran
+
+
 # --- auth explain ---------------------------------------------------------------------------------
 
 
@@ -202,6 +218,22 @@ def test_auth_explain_text_and_identity_token(monkeypatch: pytest.MonkeyPatch, s
     assert DOCKER_TOKEN not in result.output
 
 
+def test_auth_explain_shows_docker_auth_config_as_its_own_source(
+        monkeypatch: pytest.MonkeyPatch, sources: Sources) -> None:
+    use_environment(monkeypatch, sources.environ)
+    monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps(
+        {"auths": {f"https://{REG}/v1/": {"auth": b64(f"env-user:{ENV_PASSWORD}")}}}))
+    result = CliRunner().invoke(cli, ["auth", "explain", IMAGE, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["source"], data["username"], data["key"], data["file"]) == (
+        "docker-config", "env-user", f"DOCKER_AUTH_CONFIG[https://{REG}/v1/]", None)
+    assert "in DOCKER_AUTH_CONFIG (the environment" in data["steps"][1]["detail"]
+    text = CliRunner().invoke(cli, ["auth", "explain", IMAGE]).stdout
+    assert f"+ docker-config    found     key 'https://{REG}/v1/' in DOCKER_AUTH_CONFIG" in text
+    assert_no_secrets(result.output + text, SECRETS)
+
+
 def test_auth_explain_unknown_provider(run_cli, monkeypatch: pytest.MonkeyPatch, sources: Sources) -> None:
     use_environment(monkeypatch, sources.environ)
     monkeypatch.setenv("AUTH__CHAIN", "config,vualt,anonymous")
@@ -226,6 +258,7 @@ SCAN_HOSTS = {
     "hang.example.com": "keychain hang",
     "desktop.example.com": "keychain missing helper",
     "quay.io": "containers-auth",
+    "env.example.com": "docker-config (DOCKER_AUTH_CONFIG)",
 }
 
 
@@ -257,7 +290,10 @@ def scan_environment(tmp_path: Path) -> tuple[dict[str, str], Path]:
     settings_file.write_text(
         "opencti: {daemon: {docker: {registries: [{url: cfg.example.com, username: config-user, "
         f"password: {CONFIG_PASSWORD}}}]}}}}}}\nauth: {{helper_timeout: 0.5}}\n")
-    return helper_env(home, bin_dir, REGISTRY_AUTH_FILE=str(auth_file)), settings_file
+    env_auths = json.dumps({"auths": {"env.example.com": {"auth": b64(f"env-user:{ENV_PASSWORD}")},
+                                      "envbad.example.com": {"password": BAD_ENTRY_SECRET}}})
+    return helper_env(home, bin_dir, REGISTRY_AUTH_FILE=str(auth_file),
+                      DOCKER_AUTH_CONFIG=env_auths), settings_file
 
 
 def test_no_secret_in_any_output_at_debug_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -290,7 +326,8 @@ def test_no_secret_in_any_output_at_debug_level(tmp_path: Path, monkeypatch: pyt
         "helper.example.com": "keychain", "tokhelper.example.com": "keychain",
         "garbage.example.com": "anonymous", "odd.example.com": "anonymous",
         "fails.example.com": "anonymous", "hang.example.com": "anonymous",
-        "desktop.example.com": "anonymous", "quay.io": "containers-auth"}
+        "desktop.example.com": "anonymous", "quay.io": "containers-auth",
+        "env.example.com": "docker-config"}
     # the error paths: strict helpers, and a chain without anonymous
     for env_name, value, host in (("AUTH__STRICT_HELPERS", "true", "garbage.example.com"),
                                   ("AUTH__CHAIN", "docker-config,keychain,containers-auth",

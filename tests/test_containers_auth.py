@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,38 @@ def test_a_directory_and_a_wrong_shape(dirs: dict[str, Path], make_settings) -> 
 def test_nothing_to_read(make_settings) -> None:
     result = ask("quay.io/app", make_settings, {})
     assert isinstance(result, NotFound) and "are all unset" in result.reason
+
+
+def test_special_and_oversize_files_are_refused_at_once(dirs: dict[str, Path], make_settings) -> None:
+    """A FIFO would block a read forever and /dev/zero never ends: both refused before any read,
+    and a file past the bound is refused by size; the next file is still read."""
+    fifo = dirs["explicit"] / "fifo.json"
+    os.mkfifo(fifo)
+    result = ask("quay.io/app", make_settings, {"REGISTRY_AUTH_FILE": str(fifo)})
+    assert isinstance(result, Failed)
+    assert result.reason == f"{fifo} is not a regular file (a FIFO): only regular files are read"
+    result = ask("quay.io/app", make_settings, {"REGISTRY_AUTH_FILE": "/dev/zero"})
+    assert isinstance(result, Failed)
+    assert result.reason == "/dev/zero is not a regular file (a device): only regular files are read"
+    big = dirs["runtime"] / "containers" / "auth.json"
+    big.parent.mkdir()
+    with big.open("wb") as handle:
+        handle.truncate(4 * 1024 * 1024 + 1)  # sparse: past the bound without writing it
+    write_json(dirs["config"] / "containers" / "auth.json", {"auths": {"quay.io": {"auth": AUTH}}})
+    env = {"XDG_RUNTIME_DIR": str(dirs["runtime"]), "XDG_CONFIG_HOME": str(dirs["config"])}
+    found = ask("quay.io/app", make_settings, env)
+    assert isinstance(found, Found) and found.credentials.password == PODMAN_PASSWORD
+    assert (f"containers auth file {big} is larger than 4 MiB, the most xtm-composer reads from "
+            "such a file") in found.detail
+
+
+def test_ipv6_keys(dirs: dict[str, Path], make_settings) -> None:
+    path = write_json(dirs["explicit"] / "auth.json", {"auths": {
+        "[0:0::1]:5000/team": {"auth": AUTH}, "::1:6555": {"auth": b64("six:pw-six-1234")}}})
+    env = {"REGISTRY_AUTH_FILE": str(path)}
+    scoped = ask("[::1]:5000/team/app", make_settings, env)
+    assert isinstance(scoped, Found) and scoped.credentials.username == "podman-user"
+    assert scoped.credentials.registry == "[::1]:5000"
+    unbracketed = ask("[::1]:6555/app", make_settings, env)
+    assert isinstance(unbracketed, Found) and unbracketed.credentials.username == "six"
+    assert isinstance(ask("[::1]:5000/other", make_settings, env), NotFound)

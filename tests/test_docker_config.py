@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -14,11 +15,13 @@ import pytest
 from composer_core.types import Failed, Found, NotFound
 from composer_plugins.docker.auth import docker_auth_config
 from composer_plugins.docker_config import lookup
+from composer_plugins.keychain import lookup as keychain_lookup
 from tests.conftest import assert_no_secrets
 from tests.keychain_helpers import (
     BAD_ENTRY_SECRET,
     DOCKER_PASSWORD,
     DOCKER_TOKEN,
+    ENV_PASSWORD,
     SECRETS,
     b64,
     request,
@@ -107,6 +110,11 @@ def test_entry_shapes(home: Path, make_settings, entry: dict, expected: tuple) -
     ("MY.Registry.NET", "my.registry.net/team/app"),
     ("10.10.30.45:5000", "10.10.30.45:5000/app"),
     ("https://localhost:5000", "localhost:5000/app"),
+    # IPv6: one bracketed, compressed form; unbracketed read as the Docker CLI reads it
+    ("https://::1:6555/v2/", "[::1]:6555/app"),
+    ("[::1]:6555", "[0:0::1]:6555/app"),
+    ("https://[0:0:0::1]:6555/v1/", "[::1]:6555/app"),
+    ("[FE80::1]", "[fe80::1]/app"),
 ])
 def test_keys_are_normalised(home: Path, make_settings, key: str, image: str) -> None:
     write_json(home / ".docker/config.json", {"auths": {key: {"auth": AUTH}}})
@@ -121,6 +129,8 @@ def test_keys_are_normalised(home: Path, make_settings, key: str, image: str) ->
     ("localhost:5001", "localhost:5000/app"),
     ("https://index.docker.io/v1/", "quay.io/app"),
     ("reg.io", "sub.reg.io/app"),
+    ("[::1]:6555", "[::1]:6556/app"),
+    ("[::1]", "[::1]:6555/app"),
 ])
 def test_keys_that_do_not_match(home: Path, make_settings, key: str, image: str) -> None:
     path = write_json(home / ".docker/config.json", {"auths": {key: {"auth": AUTH}, "other.io": {}}})
@@ -345,3 +355,170 @@ def test_registry_is_canonical(home: Path, make_settings) -> None:
     assert isinstance(result, Found)
     assert result.credentials.registry == "docker.io"
     assert docker_auth_config(result.credentials)["serveraddress"] == "docker.io"
+
+
+def test_oversize_config_json_is_refused_by_size(home: Path, make_settings) -> None:
+    path = home / ".docker/config.json"
+    path.parent.mkdir()
+    with path.open("wb") as handle:
+        handle.truncate(4 * 1024 * 1024 + 1)
+    result = ask("reg.io/app", make_settings, {"HOME": str(home)})
+    assert isinstance(result, Failed) and not result.fatal
+    assert result.reason == (f"Docker config file {path} is larger than 4 MiB, the most xtm-composer "
+                             "reads from such a file")
+
+
+def test_a_key_written_with_a_password_never_shows_it(home: Path, make_settings,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """``https://robot:pw@reg.io`` as a key: skipped, and the password is in no detail or log (it is
+    no registered secret, so only not formatting it protects it)."""
+    in_key = "inkey"
+    write_json(home / ".docker/config.json", {
+        "auths": {f"https://robot:{in_key}@reg.io": {"auth": AUTH}, "ghcr.io": {"auth": AUTH}},
+        "credHelpers": {f"robot:{in_key}@quay.io": "pass"}})
+    caplog.set_level(logging.DEBUG, logger="xtm_composer")
+    result = ask("reg.io/app", make_settings, {"HOME": str(home)})
+    assert isinstance(result, NotFound)
+    assert "keys: https://***@reg.io, ghcr.io" in result.reason
+    assert "entry 'https://***@reg.io' skipped: invalid key" in result.reason
+    helper = keychain_lookup(request("reg.io/app", make_settings(), {"HOME": str(home)}))
+    assert "credHelpers['***@quay.io'] skipped" in helper.reason
+    assert in_key not in result.reason + helper.reason + caplog.text
+
+
+# --- DOCKER_AUTH_CONFIG -----------------------------------------------------------------------------
+
+ENV_AUTH = b64(f"env-user:{ENV_PASSWORD}")
+
+
+def env_config(auths: dict, **extra: str) -> dict[str, str]:
+    return {"DOCKER_AUTH_CONFIG": json.dumps({"auths": auths}), **extra}
+
+
+def test_docker_auth_config_alone(make_settings) -> None:
+    """A CI job's whole config.json in the environment, no file at all."""
+    result = ask("reg.io/team/app", make_settings, env_config({"https://reg.io/v1/": {"auth": ENV_AUTH}}))
+    assert isinstance(result, Found)
+    creds = result.credentials
+    assert (creds.source, creds.username, creds.password) == ("docker-config", "env-user", ENV_PASSWORD)
+    assert (creds.key, creds.file) == ("DOCKER_AUTH_CONFIG[https://reg.io/v1/]", None)
+    assert result.detail == ("key 'https://reg.io/v1/' in DOCKER_AUTH_CONFIG (the environment, read "
+                             "before config.json as the Docker CLI does) matches reg.io/team/app "
+                             "(user 'env-user')")
+
+
+def test_docker_auth_config_wins_over_the_file(home: Path, make_settings) -> None:
+    """The Docker CLI's precedence: its memory store (the variable) answers first and falls back to
+    the file (or the helper) only for registries it does not hold."""
+    path = write_json(home / ".docker/config.json", {"auths": {
+        "reg.io": {"auth": AUTH}, "reg.io/team": {"auth": AUTH}, "ghcr.io": {"auth": AUTH}}})
+    environ = env_config({"reg.io": {"auth": ENV_AUTH}}, HOME=str(home))
+    env_answer = ask("reg.io/team/app", make_settings, environ)
+    assert isinstance(env_answer, Found) and env_answer.credentials.password == ENV_PASSWORD
+    file_answer = ask("ghcr.io/app", make_settings, environ)
+    assert isinstance(file_answer, Found) and file_answer.credentials.password == DOCKER_PASSWORD
+    assert file_answer.credentials.file == str(path)
+    assert file_answer.detail == (f"no entry for ghcr.io/app in DOCKER_AUTH_CONFIG (keys: reg.io); "
+                                  f"key 'ghcr.io' in {path} matches ghcr.io/app (user 'docker-user')")
+    neither = ask("quay.io/app", make_settings, environ)
+    assert isinstance(neither, NotFound)
+    assert neither.reason.startswith("no entry for quay.io/app in DOCKER_AUTH_CONFIG (keys: reg.io); "
+                                     f"no entry for quay.io/app in {path}")
+    # the variable is read from the request's environment: without it, the file answers
+    assert ask("reg.io/team/app", make_settings, {"HOME": str(home)}).credentials.password == \
+        DOCKER_PASSWORD
+
+
+def test_docker_auth_config_entries_count_by_auth_only(make_settings,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """As in the Docker CLI, only ``auth`` is read: an identity token beside it is ignored, and an
+    entry without it is skipped with its reason (Docker would ignore the whole variable)."""
+    environ = env_config({"reg.io": {"auth": ENV_AUTH, "identitytoken": DOCKER_TOKEN},
+                          "ghcr.io": {"username": "u", "password": BAD_ENTRY_SECRET},
+                          "quay.io": {"auth": BAD_ENTRY_SECRET}})
+    found = ask("reg.io/app", make_settings, environ)
+    assert isinstance(found, Found)
+    assert (found.credentials.password, found.credentials.identity_token) == (ENV_PASSWORD, None)
+    skipped = ask("ghcr.io/app", make_settings, environ)
+    assert isinstance(skipped, NotFound)
+    assert ("entry 'ghcr.io' skipped: no auth (the only field the Docker CLI reads from "
+            "DOCKER_AUTH_CONFIG: base64 of user:password); entry 'quay.io' skipped: bad base64"
+            ) in skipped.reason
+    assert "keys: reg.io, ghcr.io, quay.io" in skipped.reason
+    assert_no_secrets(found.detail + skipped.reason + caplog.text, SECRETS)
+
+
+@pytest.mark.parametrize("value, why", [
+    ('{"auths": {"reg.io": {"auth": "' + BAD_ENTRY_SECRET + '"}', "is not valid JSON"),
+    ("[1]", "must hold a JSON object, found a list"),
+    ('{"auths": "' + BAD_ENTRY_SECRET + '"}', "'auths' is a string, expected an object"),
+])
+def test_a_broken_docker_auth_config_is_reported_and_the_file_still_read(
+        home: Path, make_settings, value: str, why: str, caplog: pytest.LogCaptureFixture) -> None:
+    environ = {"DOCKER_AUTH_CONFIG": value, "HOME": str(home)}
+    failed = ask("reg.io/app", make_settings, environ)
+    assert isinstance(failed, Failed) and not failed.fatal
+    assert failed.reason.startswith("DOCKER_AUTH_CONFIG") and why in failed.reason
+    write_json(home / ".docker/config.json", {"auths": {"reg.io": {"auth": AUTH}}})
+    found = ask("reg.io/app", make_settings, environ)
+    assert isinstance(found, Found) and found.credentials.password == DOCKER_PASSWORD
+    assert why in found.detail
+    assert_no_secrets(failed.reason + found.detail + caplog.text, SECRETS)
+
+
+def test_empty_docker_auth_config_is_unset(home: Path, make_settings) -> None:
+    result = ask("reg.io/app", make_settings, {"DOCKER_AUTH_CONFIG": "", "HOME": str(home)})
+    assert isinstance(result, NotFound) and "DOCKER_AUTH_CONFIG" not in result.reason
+
+
+@pytest.mark.integration
+def test_a_real_pull_with_docker_auth_config(engine: str, bench, run_cli, manager: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CI job's way: no file, no settings, the credential in DOCKER_AUTH_CONFIG only."""
+    monkeypatch.setenv("MANAGER__ID", manager)
+    monkeypatch.setenv("OPENCTI__DAEMON__SELECTOR", engine)
+    image = bench.ref(bench.registry_private)
+    code, _, err = run_cli(["pull", image])
+    assert code == 6, err  # nothing configured: authentication required
+    monkeypatch.setenv("DOCKER_AUTH_CONFIG", json.dumps({"auths": {bench.registry_private: {
+        "auth": b64(f"{bench.username}:{bench.password}")}}}))
+    code, out, err = run_cli(["--log-level", "debug", "pull", image, "--json"])
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["source"], data["username"]) == ("docker-config", bench.username)
+    assert_no_secrets(out + err, [bench.password, b64(f"{bench.username}:{bench.password}")])
+
+
+@pytest.mark.parametrize("key, why", [
+    ("a:b:c", "'a:b:c' is neither a host[:port] nor an IPv6 address (write an IPv6 registry in "
+              "brackets: [::1]:5000)"),
+    ("https://[zz]:5/", "not an IPv6 address in brackets: '[zz]:5'"),
+    ("[::1]x", "not an IPv6 address in brackets: '[::1]x'"),
+])
+def test_a_key_that_is_no_ipv6_address_is_skipped_with_its_reason(home: Path, make_settings, key: str,
+                                                                  why: str) -> None:
+    """It used to be kept as a key that could never match, listed without a reason."""
+    write_json(home / ".docker/config.json", {"auths": {key: {"auth": AUTH}}})
+    result = ask("[::1]:6555/app", make_settings, {"HOME": str(home)})
+    assert isinstance(result, NotFound)
+    assert f"entry {key!r} skipped: invalid key: {why}" in result.reason
+
+
+def test_an_oversize_credential_entry_is_skipped_as_too_large(home: Path, make_settings) -> None:
+    """A 1 MB password would make the engine stop answering; it is refused with a clear reason."""
+    huge = "p" * 1_000_000
+    write_json(home / ".docker/config.json", {"auths": {
+        "reg.io": {"auth": b64(f"u:{huge}")}, "ghcr.io": {"identitytoken": huge}}})
+    for image, key in (("reg.io/app", "reg.io"), ("ghcr.io/app", "ghcr.io")):
+        result = ask(image, make_settings, {"HOME": str(home)})
+        assert isinstance(result, NotFound)
+        assert (f"entry {key!r} skipped: credential too large: 100000{1 if key == 'reg.io' else 0} "
+                "bytes, more than 64 KiB") in result.reason
+        assert "ppp" not in result.reason
+
+
+def test_docker_auth_config_is_bounded(make_settings) -> None:
+    result = ask("reg.io/app", make_settings, {"DOCKER_AUTH_CONFIG": " " * (4 * 1024 * 1024 + 1)})
+    assert isinstance(result, Failed) and not result.fatal
+    assert result.reason.startswith("DOCKER_AUTH_CONFIG is longer than 4 MiB, the most xtm-composer "
+                                    "reads from a credential document (ignored)")

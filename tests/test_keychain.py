@@ -29,6 +29,7 @@ from tests.keychain_helpers import (
     PASS_SECRET,
     PASS_TOKEN,
     SECRETS,
+    SYSTEM_PATH,
     PassStore,
     calls,
     counting_helper,
@@ -232,16 +233,28 @@ def test_missing_helper(home: Path, bin_dir: Path, make_settings, monkeypatch: p
     assert isinstance(ask("alpine", make_settings(), helper_env(home, bin_dir)), Found)
 
 
-def test_not_executable_and_bad_interpreter(home: Path, bin_dir: Path, make_settings) -> None:
+def test_not_executable_and_bad_interpreter(home: Path, bin_dir: Path, make_settings,
+                                            tmp_path: Path) -> None:
     config(home, {"credsStore": "broken"})
     helper = write_helper(bin_dir, "broken", "")
     helper.write_text("#!/nonexistent/interpreter\n")
     result = ask("reg.io/app", make_settings(), helper_env(home, bin_dir))
     assert isinstance(result, Failed) and "cannot be run: No such file or directory" in result.reason
+    assert "helper ran" not in result.reason  # it never started
     CACHE.clear()
     helper.chmod(0o644)
     result = ask("reg.io/app", make_settings(), helper_env(home, bin_dir))
-    assert isinstance(result, Failed) and "is not on PATH" in result.reason
+    # on PATH but not executable: said so, with where, rather than "missing"
+    assert isinstance(result, Failed) and not result.fatal
+    assert (f"docker-credential-broken (credsStore in {home}/.docker/config.json) is on PATH at "
+            f"{helper} but is not executable; `chmod +x` it") in result.reason
+    assert "is not on PATH" not in result.reason
+    # an executable one later on PATH is the one a shell would run: it answers
+    later = tmp_path / "later-bin"
+    counting_helper(later, "broken")
+    CACHE.clear()
+    found = ask("reg.io/app", make_settings(), helper_env(home, bin_dir, PATH=f"{bin_dir}:{later}:{SYSTEM_PATH}"))
+    assert isinstance(found, Found)
 
 
 def test_hanging_helper_is_killed_at_the_timeout(home: Path, bin_dir: Path, make_settings) -> None:
@@ -253,6 +266,7 @@ def test_hanging_helper_is_killed_at_the_timeout(home: Path, bin_dir: Path, make
     elapsed = time.monotonic() - started
     assert isinstance(result, Failed) and not result.fatal
     assert "did not answer within 0.5 s and was killed" in result.reason
+    assert "timed out" in result.reason and "helper ran" not in result.reason
     assert elapsed < 3, elapsed
     # the helper's child (which held the pipes) was killed with it
     sleeper = int((bin_dir / "hang.pid").read_text())
@@ -267,6 +281,50 @@ def test_hanging_helper_is_killed_at_the_timeout(home: Path, bin_dir: Path, make
     strict = ask("reg.io/app", make_settings({"auth.helper_timeout": 0.5, "auth.strict_helpers": True}),
                  helper_env(home, bin_dir))
     assert isinstance(strict, Failed) and strict.fatal
+
+
+@pytest.mark.parametrize("body, pipe", [
+    ("cat >/dev/null\nexec yes\n", "stdout"),  # the probe's helper: 6 GB read before the bound
+    ("cat >/dev/null\nexec yes >&2\n", "stderr"),
+])
+def test_flooding_helper_is_stopped_at_the_output_bound(home: Path, bin_dir: Path, make_settings,
+                                                       body: str, pipe: str) -> None:
+    config(home, {"credsStore": "flood"})
+    write_helper(bin_dir, "flood", body)
+    result = ask("reg.io/app", make_settings({"auth.helper_timeout": 60}), helper_env(home, bin_dir))
+    assert isinstance(result, Failed) and not result.fatal
+    assert result.reason.startswith("docker-credential-flood (credsStore in ")
+    assert (f"credential too large: printed more than 1 MiB on {pipe}, the most read from a "
+            "credential helper; it was killed") in result.reason
+    assert "helper ran" not in result.reason and "y\ny" not in result.reason
+
+
+def test_dribbling_helper_is_killed_at_the_timeout(home: Path, bin_dir: Path, make_settings) -> None:
+    """Output that never ends and never reaches the bound: the timeout holds for the whole exchange."""
+    config(home, {"credsStore": "dribble"})
+    write_helper(bin_dir, "dribble", f'echo $$ > "{bin_dir}/dribble.pid"\n'
+                                     "while :; do echo x; echo y >&2; sleep 0.01; done\n")
+    result = ask("reg.io/app", make_settings({"auth.helper_timeout": 0.5}), helper_env(home, bin_dir))
+    assert isinstance(result, Failed)
+    assert "timed out: did not answer within 0.5 s and was killed" in result.reason
+    assert "helper ran" not in result.reason
+    helper = int((bin_dir / "dribble.pid").read_text())
+    deadline = time.monotonic() + 3
+    while _alive(helper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(helper)
+
+
+def test_oversize_secret_is_credential_too_large(home: Path, bin_dir: Path, make_settings) -> None:
+    config(home, {"credsStore": "big"})
+    # a valid answer whose secret is 1 MB: under the output bound, over any auth header's
+    write_helper(bin_dir, "big", "cat >/dev/null\nprintf '{\"Username\":\"u\",\"Secret\":\"'\n"
+                                 "head -c 1000000 /dev/zero | tr '\\0' a\nprintf '\"}'\n")
+    result = ask("reg.io/app", make_settings(), helper_env(home, bin_dir))
+    assert isinstance(result, Failed)
+    assert ("credential too large: 1000001 bytes, more than 64 KiB (registries and engines refuse "
+            "auth headers that large)") in result.reason
+    assert "aaaa" not in result.reason
 
 
 def _alive(pid: int) -> bool:
@@ -389,18 +447,27 @@ def test_pass_found_not_found_and_token(pass_store: PassStore, home: Path, make_
     assert_no_secrets(hub.detail + local.detail + unknown.reason + repr(hub) + repr(local), SECRETS)
 
 
-@pytest.mark.integration
-def test_pass_through_cred_helpers_and_the_chain(pass_store: PassStore, home: Path, make_settings,
-                                                 plugins) -> None:
-    pass_store.store("registry.example.com:5443", "chain-user", PASS_SECRET)
-    config(home, {"credHelpers": {"registry.example.com:5443": "pass"}})
-    env = {**pass_store.environ, "HOME": str(home)}
-    settings = make_settings()
-    image = resolve_image("registry.example.com:5443/team/app:1", settings, plugins)
+def _through_pass(pass_store: PassStore, registry: str, username: str, settings, plugins,
+                  env: dict[str, str]):
+    """Store a credential for ``registry`` in the real pass, resolve an image of it through the
+    chain: the keychain answers with exactly that credential."""
+    pass_store.store(registry, username, PASS_SECRET)
+    image = resolve_image(f"{registry}/team/app:1", settings, plugins)
     resolution = resolve_credentials(image, settings, plugins, environ=env)
     assert resolution.source == "keychain"
     assert docker_auth_config(resolution.credentials) == {
-        "serveraddress": "registry.example.com:5443", "username": "chain-user", "password": PASS_SECRET}
+        "serveraddress": registry, "username": username, "password": PASS_SECRET}
+    return image, resolution
+
+
+@pytest.mark.integration
+def test_pass_through_cred_helpers_and_the_chain(pass_store: PassStore, home: Path, make_settings,
+                                                 plugins) -> None:
+    config(home, {"credHelpers": {"registry.example.com:5443": "pass"}})
+    env = {**pass_store.environ, "HOME": str(home)}
+    settings = make_settings()
+    image, resolution = _through_pass(pass_store, "registry.example.com:5443", "chain-user", settings,
+                                      plugins, env)
     assert resolution.to_dict()["key"] == \
         "credHelpers[registry.example.com:5443] -> docker-credential-pass"
     pass_store.erase("registry.example.com:5443")
@@ -408,3 +475,93 @@ def test_pass_through_cred_helpers_and_the_chain(pass_store: PassStore, home: Pa
     after = resolve_credentials(image, settings, plugins, environ=env)
     assert after.source == "anonymous"
     assert "empty Username and Secret" in after.steps[2].detail
+
+
+# --- the Docker CLI's default store -----------------------------------------------------------------
+
+
+def _answering(name: str, bin_dir: Path, secret: str = HELPER_SECRET) -> None:
+    """A helper in shell builtins only, so that it runs with a PATH of ``bin_dir`` alone."""
+    write_helper(bin_dir, name, f'read url\necho "$url" >> "{bin_dir}/{name}.calls"\n'
+                                f'printf \'{{"Username":"store-user","Secret":"{secret}"}}\'\n')
+
+
+def test_default_store_without_pass_is_secretservice(home: Path, bin_dir: Path, make_settings) -> None:
+    _answering("secretservice", bin_dir)
+    env = helper_env(home, PATH=str(bin_dir))  # no pass program on this PATH
+    found = ask("reg.io/app", make_settings(), env)
+    assert isinstance(found, Found)
+    assert found.credentials.key == "default store -> docker-credential-secretservice"
+    assert (found.credentials.file, found.credentials.password) == (None, HELPER_SECRET)
+    assert found.detail.startswith(
+        f"no config.json at {home}/.docker/config.json (~/.docker), so no credsStore or credHelpers; "
+        "asked the Docker CLI's default store instead: docker-credential-secretservice (pass is not "
+        "installed) for reg.io: user 'store-user'; helper ran (")
+    assert calls(bin_dir, "secretservice") == ["reg.io"]
+
+
+def test_pass_without_its_helper_means_no_default_store(home: Path, bin_dir: Path, make_settings) -> None:
+    """docker/cli picks pass when the pass program is there, then needs docker-credential-pass:
+    it does not fall back to secretservice."""
+    _answering("secretservice", bin_dir)
+    write_helper(bin_dir, "unused", "")
+    (bin_dir / "docker-credential-unused").rename(bin_dir / "pass")
+    result = ask("reg.io/app", make_settings(), helper_env(home, PATH=str(bin_dir)))
+    assert isinstance(result, NotFound)
+    assert result.reason.endswith("; no default store either (neither docker-credential-pass with pass "
+                                  "nor docker-credential-secretservice is on PATH)")
+    assert calls(bin_dir, "secretservice") == []
+
+
+@pytest.mark.parametrize("data, asked", [
+    ({}, True), ({"auths": {}}, True), ({"credHelpers": {}}, True), ({"psFormat": "x"}, True),
+    ({"credsStore": ""}, False),  # said on purpose: no store
+    ({"auths": {"ghcr.io": {}}}, False),  # the Docker CLI's ContainsAuth
+    ({"credHelpers": {"ghcr.io": "x"}}, False),
+])
+def test_when_the_default_store_is_asked(home: Path, bin_dir: Path, make_settings, data: dict,
+                                         asked: bool) -> None:
+    config(home, data)
+    _answering("secretservice", bin_dir)
+    result = ask("reg.io/app", make_settings(), helper_env(home, PATH=str(bin_dir)))
+    assert isinstance(result, Found if asked else NotFound)
+    assert calls(bin_dir, "secretservice") == (["reg.io"] if asked else [])
+
+
+def test_default_store_errors_are_never_fatal(home: Path, bin_dir: Path, make_settings, plugins) -> None:
+    write_helper(bin_dir, "secretservice", f'echo "Cannot autolaunch D-Bus {GARBAGE_SECRET}" >&2\nexit 1\n')
+    strict = make_settings({"auth.strict_helpers": True})
+    result = ask("reg.io/app", strict, helper_env(home, PATH=str(bin_dir)))
+    assert isinstance(result, Failed) and not result.fatal
+    assert "docker-credential-secretservice (pass is not installed) for reg.io: exited 1 with a " \
+           "non-standard answer" in result.reason
+    resolution = resolve_credentials(resolve_image("reg.io/app", strict, plugins), strict, plugins,
+                                     environ=helper_env(home, PATH=str(bin_dir)))
+    assert resolution.source == "anonymous"
+    assert_no_secrets(result.reason, SECRETS)
+
+
+@pytest.mark.integration
+def test_default_store_is_the_real_pass(pass_store: PassStore, home: Path, make_settings, plugins) -> None:
+    """A host where `docker login` stored into pass without any config.json entry: found there."""
+    env = {**pass_store.environ, "HOME": str(home)}
+    settings = make_settings()
+    _, resolution = _through_pass(pass_store, "default.example.com:5000", "pass-user", settings,
+                                  plugins, env)
+    data = resolution.to_dict()
+    assert (data["key"], data["file"]) == ("default store -> docker-credential-pass", None)
+    assert "the Docker CLI's default store instead: docker-credential-pass (pass is installed)" in \
+        resolution.steps[2].detail
+    # nothing stored for another registry: not found, and the chain goes on
+    other = resolve_credentials(resolve_image("quay.io/x", settings, plugins), settings, plugins,
+                                environ=env)
+    assert other.source == "anonymous" and other.steps[2].outcome == "not-found"
+    assert_no_secrets("\n".join(resolution.trace_lines() + other.trace_lines()), SECRETS)
+
+
+def test_ipv6_cred_helpers_key(home: Path, bin_dir: Path, make_settings) -> None:
+    config(home, {"credHelpers": {"https://::1:6555": "count"}})
+    counting_helper(bin_dir)
+    found = ask("[0:0::1]:6555/app", make_settings(), helper_env(home, bin_dir))
+    assert isinstance(found, Found) and found.credentials.registry == "[::1]:6555"
+    assert calls(bin_dir) == ["[::1]:6555"]  # the helper is asked for the canonical host

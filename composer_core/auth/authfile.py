@@ -29,17 +29,23 @@ import os
 import stat
 from base64 import b64decode
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from composer_core import redact
 from composer_core.auth.registries import HUB, HUB_KEY, InvalidKey, KeyScope, parse_key
+from composer_core.files import LIMIT_AUTH_FILE, FileReadError, KiB, MiB, read_bytes
+from composer_core.redact import hide_userinfo
 from composer_core.types import Failed, NotFound
 
 if TYPE_CHECKING:
     from composer_core.types import AnyCredentials
 
 log = logging.getLogger("xtm_composer.auth.files")
+#: the largest credential (username + password or token) accepted from any source: registries and
+#: engines refuse auth headers much past this (a 1 MB secret made Podman stop answering), while real
+#: tokens are a few KiB
+LIMIT_CREDENTIAL = 64 * KiB
 _CREDENTIAL_FIELDS = ("auth", "username", "password", "identitytoken")
 
 
@@ -86,7 +92,7 @@ class Auths:
     problem: str | None = None  # the section as a whole is unusable
 
     def skipped_text(self) -> str:
-        return "; ".join(f"entry {key!r} skipped: {why}" for key, why in self.skipped)
+        return "; ".join(f"entry {hide_userinfo(key)!r} skipped: {why}" for key, why in self.skipped)
 
 
 class AuthFile:
@@ -112,9 +118,10 @@ class AuthFile:
 _memo: dict[str, tuple[tuple[int, ...], AuthFile]] = {}
 
 
-def read_auth_file(path: str) -> AuthFile | None:
+def read_auth_file(path: str, what: str = "credential file") -> AuthFile | None:
     """The parsed file at ``path``; ``None`` when it does not exist; :class:`AuthFileError` when it
-    cannot be used."""
+    cannot be used. Read through :func:`composer_core.files.read_bytes`: regular files only, at most
+    ``LIMIT_AUTH_FILE`` bytes (``what`` names the file in that error)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -124,22 +131,30 @@ def read_auth_file(path: str) -> AuthFile | None:
     if stat.S_ISDIR(st.st_mode):
         raise AuthFileError(f"{path} is a directory, not a file")
     if not stat.S_ISREG(st.st_mode):
-        # a FIFO would block the read forever, a device could never end
-        raise AuthFileError(f"{path} is not a regular file")
+        # a FIFO would block the read forever, a device could never end: refused before opening
+        raise AuthFileError(f"{path} is not a regular file ({_kind(st.st_mode)}): only regular "
+                            "files are read")
     signature = (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     cached = _memo.get(path)
     if cached is not None and cached[0] == signature:
         return cached[1]
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise AuthFileError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+        raw = read_bytes(path, limit=LIMIT_AUTH_FILE, what=what)
+    except FileReadError as exc:
+        if exc.missing:
+            return None
+        raise AuthFileError(exc.reason) from None
     parsed = AuthFile(path, _decode_json(path, raw))
     _memo[path] = (signature, parsed)
     return parsed
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "a special file"
 
 
 def _decode_json(path: str, raw: bytes) -> Mapping[str, Any]:
@@ -147,6 +162,10 @@ def _decode_json(path: str, raw: bytes) -> Mapping[str, Any]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise AuthFileError(f"{path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    return _parse_json(path, text)
+
+
+def _parse_json(path: str, text: str) -> Mapping[str, Any]:
     if not text.strip():
         return {}  # like the Docker CLI: an empty file is an empty configuration
     try:
@@ -162,9 +181,53 @@ def _decode_json(path: str, raw: bytes) -> Mapping[str, Any]:
     return data
 
 
+#: the environment variable from which recent Docker CLIs read a whole ``auths`` document
+DOCKER_AUTH_CONFIG = "DOCKER_AUTH_CONFIG"
+_env_memo: dict[str, AuthFile] = {}
+
+
+def read_docker_auth_env(environ: Mapping[str, str]) -> AuthFile | None:
+    """``DOCKER_AUTH_CONFIG`` of the request's environment as an auth document, ``None`` when it is
+    unset or empty; :class:`AuthFileError` when it is not a JSON object (Docker CLI: a warning, and
+    the variable is ignored). Entries count by their ``auth`` only, as in the Docker CLI: any other
+    field is ignored, and an entry without ``auth`` is skipped with its reason (the Docker CLI would
+    ignore the whole variable). Parsed once per value."""
+    text = environ.get(DOCKER_AUTH_CONFIG)
+    if not text:
+        return None
+    parsed = _env_memo.get(text)
+    if parsed is not None:
+        return parsed
+    if len(text) > LIMIT_AUTH_FILE:
+        raise AuthFileError(f"{DOCKER_AUTH_CONFIG} is longer than {LIMIT_AUTH_FILE // MiB} MiB, the "
+                            "most xtm-composer reads from a credential document")
+    data = _parse_json(DOCKER_AUTH_CONFIG, text)
+    parsed = AuthFile(DOCKER_AUTH_CONFIG, data)
+    section = data.get("auths")
+    if isinstance(section, dict):
+        kept: dict[str, Any] = {}
+        skipped: list[tuple[str, str]] = []
+        for key, value in section.items():
+            if isinstance(value, dict) and not value.get("auth"):
+                skipped.append((key, f"no auth (the only field the Docker CLI reads from "
+                                     f"{DOCKER_AUTH_CONFIG}: base64 of user:password)"))
+            else:  # a wrong shape or a bad auth: reported by parse_auths, as for the files
+                kept[key] = {"auth": value["auth"]} if isinstance(value, dict) else value
+        auths = parse_auths({"auths": kept}, allow_scheme=True)
+        auths = replace(auths, skipped=(*skipped, *auths.skipped), keys=tuple(section))
+        if auths.skipped:
+            log.warning("%s: %s", DOCKER_AUTH_CONFIG, auths.skipped_text())
+        parsed._auths[True] = auths
+    if len(_env_memo) >= 8:  # a long-running process sees one value, tests a few
+        _env_memo.clear()
+    _env_memo[text] = parsed
+    return parsed
+
+
 def clear_memo() -> None:
     """For tests and benchmarks: forget every parsed file."""
     _memo.clear()
+    _env_memo.clear()
 
 
 def parse_auths(data: Mapping[str, Any], *, allow_scheme: bool) -> Auths:
@@ -214,6 +277,9 @@ def _decode_entry(value: object) -> tuple[str | None, str | None, str | None] | 
         if isinstance(decoded, str):
             return decoded
         username, password = decoded
+    size = sum(len(part.encode()) for part in (username, password, token) if part)
+    if size > LIMIT_CREDENTIAL:
+        return too_large(size)
     if token:
         return username or None, None, token
     if not username:
@@ -221,6 +287,12 @@ def _decode_entry(value: object) -> tuple[str | None, str | None, str | None] | 
     if not password:
         return "no password"
     return username, password, None
+
+
+def too_large(size: int) -> str:
+    """The one wording of an oversize credential, whatever its source."""
+    return (f"credential too large: {size} bytes, more than {LIMIT_CREDENTIAL // KiB} KiB "
+            "(registries and engines refuse auth headers that large)")
 
 
 def _decode_auth(auth: str) -> tuple[str, str] | str:
@@ -291,7 +363,8 @@ def keys_text(auths: Auths, limit: int = 12) -> str:
     """``keys: a, b`` for "no entry" messages (key names only)."""
     if not auths.keys:
         return "no keys"
-    shown = ", ".join(auths.keys[:limit])
+    # a key written as a URL may carry a password (https://robot:pw@reg.io): never shown
+    shown = ", ".join(hide_userinfo(key) for key in auths.keys[:limit])
     more = f", ... ({len(auths.keys) - limit} more)" if len(auths.keys) > limit else ""
     return f"keys: {shown}{more}"
 
@@ -332,7 +405,7 @@ def read_docker_config(environ: Mapping[str, str]) -> AuthFile | NotFound | Fail
     if path is None:
         return NotFound(f"no config.json to read ({how})")
     try:
-        config = read_auth_file(path)
+        config = read_auth_file(path, "Docker config file")
     except AuthFileError as exc:
         return Failed(str(exc))
     if config is None:

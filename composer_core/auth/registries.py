@@ -5,10 +5,15 @@
   the Docker CLI's key ``https://index.docker.io/v1/`` are aliases of it.
 * A key's scheme and API-version path (``/v1/``, ``/v2/``) are dropped; any other path is a *scope*
   (``quay.io/team/app``) that matches whole path segments only and never falls back to the host.
+* IPv6 literals have one form, bracketed and compressed: ``[::1]:6555``. A key written without the
+  brackets is read as the Docker CLI reads it (``https://::1:6555/v2/`` is ``[::1]:6555``: the last
+  group is the port when it is one and the rest is an address); one that is no address is skipped
+  with its reason, never kept as a key that could not match.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from composer_core.redact import hide_userinfo
@@ -21,6 +26,11 @@ HUB_KEY = "https://index.docker.io/v1/"
 
 def canonical_host(host: str) -> str:
     host = host.strip().lower()
+    if host.startswith("["):  # an image's IPv6 registry: [0:0::1]:5000 is [::1]:5000
+        try:
+            return _ipv6_host(host)
+        except InvalidKey:
+            return host
     return HUB if host in HUB_ALIASES else host
 
 
@@ -50,6 +60,33 @@ class InvalidKey(ValueError):
     pass
 
 
+def _ipv6(text: str) -> ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.IPv6Address(text)
+    except ValueError:
+        return None
+
+
+def _ipv6_host(host: str) -> str:
+    """``[addr]``, ``[addr]:port``, or Docker's reading of an unbracketed ``addr:port``, in the one
+    bracketed, compressed form; :class:`InvalidKey` when it holds no IPv6 address."""
+    if host.startswith("["):
+        inside, bracket, port = host[1:].partition("]")
+        address = _ipv6(inside) if bracket else None
+        if address is None or (port and not (port[0] == ":" and port[1:].isdigit())):
+            raise InvalidKey(f"not an IPv6 address in brackets: {host!r}")
+        return f"[{address.compressed}]{port}"
+    head, _, tail = host.rpartition(":")
+    address = _ipv6(head)
+    if address is not None and tail.isdigit() and 0 < int(tail) <= 65535:
+        return f"[{address.compressed}]:{tail}"  # as the Docker CLI reads it
+    address = _ipv6(host)
+    if address is None:
+        raise InvalidKey(f"{host!r} is neither a host[:port] nor an IPv6 address (write an IPv6 "
+                         "registry in brackets: [::1]:5000)")
+    return f"[{address.compressed}]"
+
+
 def parse_key(key: str) -> KeyScope:
     """Normalise a config.json / auth.json key; raise :class:`InvalidKey` for one that is no key."""
     if not isinstance(key, str) or not key.strip():
@@ -69,6 +106,8 @@ def parse_key(key: str) -> KeyScope:
         path = ""
     if not host or any(c in host for c in " @?#"):
         raise InvalidKey(f"no registry host in {hide_userinfo(key)!r}")
+    if host.startswith("[") or host.count(":") > 1:
+        host = _ipv6_host(host.lower())
     if any(c in path for c in "@:?#") or "//" in path:
         raise InvalidKey(f"a key must not hold a tag, a digest or a query: {hide_userinfo(key)!r}")
     return KeyScope(canonical_host(host), path.lower())

@@ -16,6 +16,7 @@ from typing import Any
 
 from composer_core.auth.authfile import json_type
 from composer_core.auth.registries import HUB_KEY, InvalidKey, parse_key
+from composer_core.redact import hide_userinfo
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
@@ -51,7 +52,7 @@ def choose_helper(data: Mapping[str, Any], registry: str) -> Choice:
         try:
             scope = parse_key(key)
         except InvalidKey as exc:
-            notes.append(f"credHelpers[{key!r}] skipped: {exc}")
+            notes.append(f"credHelpers[{hide_userinfo(key)!r}] skipped: {exc}")
             continue
         if scope.path:
             notes.append(f"credHelpers[{key!r}] skipped: credHelpers keys are hosts, not paths")
