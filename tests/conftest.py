@@ -75,7 +75,8 @@ def make_settings(isolated_env: Path) -> Callable[..., Settings]:
 
     def make(overrides: dict[str, Any] | None = None, *, environ: dict[str, str] | None = None,
              files: tuple[str, ...] = ()) -> Settings:
-        return load_settings(files, environ=environ or {}, cwd=isolated_env, overrides=overrides)
+        return load_settings(files, environ=environ or {}, cwd=isolated_env, overrides=overrides,
+                             entry_point_filter=only_ours)
 
     return make
 

@@ -25,7 +25,7 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -414,11 +414,13 @@ def read_layers(config_files: Sequence[str | os.PathLike[str]] = (), *,
 def load_settings(config_files: Sequence[str | os.PathLike[str]] = (), *,
                   environ: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
                   overrides: Mapping[str, Any] | None = None, validate: bool = True,
-                  specs: Iterable[SettingsSpec] | None = None) -> Settings:
+                  specs: Iterable[SettingsSpec] | None = None,
+                  entry_point_filter: Callable[[Any], bool] | None = None) -> Settings:
     """Merge every layer into a :class:`Settings`, then validate it (raising :class:`SettingsError`).
 
     ``environ`` is the only environment read (default: the process's). ``specs`` are the plugins'
-    settings specs; by default those of the plugins these settings enable.
+    settings specs; by default those of the plugins these settings enable (among the entry points
+    ``entry_point_filter`` keeps, when given).
     """
     source = read_layers(config_files, environ=environ, cwd=cwd, overrides=overrides)
     inactive: Iterable[str] = ()
@@ -429,6 +431,6 @@ def load_settings(config_files: Sequence[str | os.PathLike[str]] = (), *,
         env = os.environ if environ is None else environ
         disabled = name_list(source.core(), "plugins.disabled") + [
             n.strip() for n in env.get("XTM_COMPOSER_DISABLE_PLUGINS", "").split(",") if n.strip()]
-        plugins = Plugins(disabled=disabled)
+        plugins = Plugins(disabled=disabled, entry_point_filter=entry_point_filter)
         specs, inactive = plugins.settings_specs().values(), plugins.inactive_names()
     return source.settings(specs, validate=validate, inactive=inactive)
