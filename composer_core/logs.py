@@ -37,13 +37,29 @@ class _Json(_Scrubbing):
         return redact.scrub(json.dumps(redact.scrub_data(entry), default=str))
 
 
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted: a caller that swaps it (a test
+    runner, an embedding application) never leaves the logger writing to a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # always the current sys.stderr
+
+
 def configure(level: str = "info", fmt: str = "text", stream: TextIO | None = None) -> None:
     """(Re)configure the ``xtm_composer`` logger; idempotent."""
     logger = logging.getLogger(LOGGER)
     for handler in list(logger.handlers):
         if getattr(handler, _HANDLER_FLAG, False):
             logger.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
     setattr(handler, _HANDLER_FLAG, True)
     if fmt.lower() == "json":
         handler.setFormatter(_Json())

@@ -14,14 +14,16 @@ would make them differ.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from composer_core import redact
+from composer_core import logs, redact
 from composer_core.redact import MASK, distinctive, register, scrub
 from composer_plugins.keychain import CACHE
 from tests.engine_helpers import unique
@@ -188,3 +190,17 @@ def test_deploy_with_a_short_password(engine: str, bench: Any, run_cli: Run, tmp
     assert f"using {engine} at {endpoint}" in everything
     assert MASK not in everything
     assert "unauthorized" in everything
+
+
+def test_the_log_handler_follows_sys_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller that swaps and closes stderr after configure() (click's CliRunner does) must not
+    leave the logger writing into a closed stream: records go to the current sys.stderr."""
+    import io
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    logs.configure("info", "text")
+    first.close()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger(logs.LOGGER).warning("after the swap")
+    assert "after the swap" in second.getvalue()
