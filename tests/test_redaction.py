@@ -203,4 +203,5 @@ def test_the_log_handler_follows_sys_stderr(monkeypatch: pytest.MonkeyPatch) -> 
     first.close()
     monkeypatch.setattr(sys, "stderr", second)
     logging.getLogger(logs.LOGGER).warning("after the swap")
-    assert "after the swap" in second.getvalue()
+    assert second.getvalue().endswith("WARNING xtm_composer: after the swap\n")
+    assert "Logging error" not in second.getvalue()
