@@ -86,7 +86,8 @@ def _file_layer(path: Path, origin: str) -> Layer:
             raise SettingsError(f"settings file: cannot read {path}: No such file or directory",
                                 hint="check the path given with --config or XTM_COMPOSER_CONFIG") from None
         if exc.unreadable:
-            raise SettingsError(f"settings file: {exc.reason}",
+            # the reader's reason is a sentence naming the file ("settings file X is a FIFO...")
+            raise SettingsError(exc.reason,
                                 hint="check the path given with --config or XTM_COMPOSER_CONFIG") from None
         raise SettingsError(f"settings file {path} is {exc.reason}") from None
     if data is None:
