@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
+from composer_core.engine.container_backend import ContainerBackend, observed_from
 from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER
 from composer_core.fleet.connectors import InvalidConnectorsFile, load_connectors, parse_connectors
 from composer_core.fleet.reconcile import Reconciler, plan
 from composer_core.timestamps import seconds_since
 from composer_core.types import ContainerInfo
+from composer_core.workload import Observed
 from tests.conftest import assert_no_secrets
 from tests.engine_helpers import (
     CountingRuntime,
@@ -87,11 +89,13 @@ def test_broken_files(tmp_path: Path, content: str, words: str) -> None:
         load_connectors(path)
 
 
-def _info(name: str, cid: str | None, status: str, digest: str = "old", manager_id: str = "m") -> ContainerInfo:
+def _info(name: str, cid: str | None, status: str, digest: str = "old", manager_id: str = "m") -> Observed:
+    """A container as the docker / podman backend reports it to the plan."""
     labels = {LABEL_MANAGER: manager_id, LABEL_HASH: digest}
     if cid:
         labels[LABEL_CONNECTOR] = cid
-    return ContainerInfo(id=f"id-{name}", name=name, image="x", status=status, labels=labels)
+    return observed_from(ContainerInfo(id=f"id-{name}", name=name, image="x", status=status,
+                                       labels=labels))
 
 
 def test_plan_covers_every_action(make_settings, plugins) -> None:
@@ -165,7 +169,8 @@ def ids(engine: str, bench: Any) -> list[str]:
 def _pass(runtime: Any, settings: Any, plugins: Any, data: dict[str, Any]) -> tuple[Any, CountingRuntime]:
     counting = CountingRuntime(runtime)
     connectors = parse_connectors(data, "test")
-    result = Reconciler(counting, settings, plugins, stop_timeout=1).run_pass(connectors)
+    result = Reconciler(ContainerBackend(counting), settings, plugins,
+                        stop_timeout=1).run_pass(connectors)
     return result, counting
 
 
@@ -389,7 +394,8 @@ def test_a_connector_restarting_in_a_loop_is_reported(engine, bench, manager, en
         deadline = time.monotonic() + 20
         while not warnings and time.monotonic() < deadline:
             time.sleep(0.5)
-            warnings = Reconciler(runtime, settings, plugins).run_pass([], dry_run=True).warnings
+            warnings = Reconciler(ContainerBackend(runtime), settings, plugins).run_pass(
+                [], dry_run=True).warnings
         assert len(warnings) == 1, warnings
         assert f"connector loop-1 ({looping}) is restarting in a loop" in warnings[0]
     finally:
@@ -463,7 +469,8 @@ def test_concurrent_passes_without_the_lock_still_converge(engine, bench, manage
 
     settings = fleet_settings
     connectors = parse_connectors(_fleet(bench, ids), "test")
-    reconcilers = [Reconciler(connect(settings), settings, plugins, stop_timeout=1) for _ in range(2)]
+    reconcilers = [Reconciler(ContainerBackend(connect(settings)), settings, plugins,
+                              stop_timeout=1) for _ in range(2)]
     planned = [r.plan(connectors)[0] for r in reconcilers]  # both plan from the same empty list
     assert [{s.action for s in p} for p in planned] == [{"deploy"}, {"deploy"}]
     barrier = threading.Barrier(2)
@@ -506,12 +513,14 @@ def test_a_container_failing_to_start_on_consecutive_passes_is_recreated(
     wedged = runtime.create(with_fields(spec, command=("/no/such/binary",)))
     failures: dict[str, int] = {}
     for attempt in (1, 2):
-        result = Reconciler(runtime, settings, plugins, start_failures=failures).run_pass([connector])
+        result = Reconciler(ContainerBackend(runtime), settings, plugins,
+                            start_failures=failures).run_pass([connector])
         (step,) = result.steps
         assert (step.action, step.result) == ("start", "failed")
         assert step.to_dict()["failed_starts"] == attempt and failures == {wedged.id: attempt}
     assert "the next pass recreates it" in step.reason
-    result = Reconciler(runtime, settings, plugins, start_failures=failures).run_pass([connector])
+    result = Reconciler(ContainerBackend(runtime), settings, plugins,
+                            start_failures=failures).run_pass([connector])
     (step,) = result.steps
     assert (step.action, step.result) == ("recreate", "ok")
     assert step.to_dict()["reason"].startswith("it failed to start on 2 consecutive passes")
