@@ -15,15 +15,16 @@ returns one. docker and podman implement it through the core's
 Errors: every method raises a :class:`~composer_core.errors.ComposerError` subclass, never an SDK
 exception (exit codes in the README):
 
-* :class:`~composer_core.errors.RuntimeUnavailable` (4): the engine does not answer;
+* :class:`~composer_core.errors.RuntimeUnavailable` (5): the engine does not answer;
 * registry errors, explained with the workload's credential trace
   (:func:`composer_core.engine.deploy.explain_pull_failure`):
   :class:`~composer_core.errors.AuthenticationRequired` (6: anonymous, the registry wants
   credentials), :class:`~composer_core.errors.CredentialsRejected` (7: the credential sent was
   refused; the message names its provider), :class:`~composer_core.errors.RegistryUnreachable` (8),
   :class:`~composer_core.errors.RegistryTLSError` (9), :class:`~composer_core.errors.ImageNotFound`
-  (10), :class:`~composer_core.errors.InsecureRegistryNotAllowed` (15);
-* :class:`~composer_core.errors.ContainerError` (11): the engine refused a create, start, stop,
+  (10), :class:`~composer_core.errors.InsecureRegistryNotAllowed` (11), any other registry
+  failure :class:`~composer_core.errors.RegistryError` (15);
+* :class:`~composer_core.errors.ContainerError` (12): the engine refused a create, start, stop,
   rename or remove (a name taken by a workload of someone else says so);
 * :class:`~composer_core.errors.ContainerNotFound` (13): the workload named is gone.
 
@@ -186,8 +187,8 @@ class Backend(Protocol):
         never another; ``progress`` receives pull progress events when the backend pulls.
 
         Returns the :class:`Applied` action and what the workload now is. Raises typed
-        ComposerError: registry errors 6/7/8/9/10/15 explained with the workload's trace
-        (:func:`composer_core.engine.deploy.explain_pull_failure`); ContainerError (11) when the
+        ComposerError: registry errors 6/7/8/9/10/11/15 explained with the workload's trace
+        (:func:`composer_core.engine.deploy.explain_pull_failure`); ContainerError (12) when the
         engine refuses, or when the name belongs to a workload this manager does not manage."""
         ...
 
