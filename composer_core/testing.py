@@ -129,7 +129,9 @@ class InMemoryRuntime:
         #: every pull: (reference, the credentials sent)
         self.pulls: list[tuple[str, AnyCredentials]] = []
         self.requests: Counter[str] = Counter()
-        self._failures: dict[str, list[ComposerError]] = {}
+        #: every request in order: (kind, the name or id it named)
+        self.journal: list[tuple[str, str]] = []
+        self._failures: dict[str, list[ComposerError | None]] = {}
         self._lock = threading.RLock()
 
     # --- configuring it ---------------------------------------------------------------------
@@ -142,18 +144,22 @@ class InMemoryRuntime:
         """Pulling ``reference`` (normalised) fails: the tag does not exist."""
         self.absent.add(reference)
 
-    def fail(self, request: str, error: ComposerError, times: int = 1) -> None:
-        """The next ``times`` requests of kind ``request`` (``pull``, ``create``, ``start``,
-        ``stop``, ``remove``, ``rename``, ``inspect``, ``list``, ``logs``) raise ``error``."""
+    def fail(self, request: str, error: ComposerError, times: int = 1, *, after: int = 0) -> None:
+        """After ``after`` more requests of kind ``request`` (``pull``, ``create``, ``start``,
+        ``stop``, ``remove``, ``rename``, ``inspect``, ``list``, ``logs``) succeeded, the next
+        ``times`` raise ``error``."""
         with self._lock:
-            self._failures.setdefault(request, []).extend([error] * times)
+            self._failures.setdefault(request, []).extend([None] * after + [error] * times)
 
-    def _request(self, kind: str) -> None:
+    def _request(self, kind: str, target: str = "") -> None:
         with self._lock:
             self.requests[kind] += 1
+            self.journal.append((kind, target))
             pending = self._failures.get(kind)
             if pending:
-                raise pending.pop(0)
+                error = pending.pop(0)
+                if error is not None:
+                    raise error
 
     def _find(self, name_or_id: str) -> _Container | None:
         found = self.containers.get(name_or_id)
@@ -173,7 +179,7 @@ class InMemoryRuntime:
              progress: Callable[[PullProgress], None] | None = None) -> str:
         reference = image.normalized()
         with self._lock:
-            self._request("pull")
+            self._request("pull", reference)
             self.pulls.append((reference, credentials))
             wanted = self.auth.get(image.registry)
             if wanted is not None and credentials.anonymous:
@@ -191,7 +197,7 @@ class InMemoryRuntime:
 
     def create(self, spec: ContainerSpec) -> ContainerInfo:
         with self._lock:
-            self._request("create")
+            self._request("create", spec.name)
             if self._find(spec.name) is not None:
                 raise ContainerError(f"the container name {spec.name!r} is already in use")
             if spec.image not in self.images:
@@ -204,7 +210,7 @@ class InMemoryRuntime:
 
     def start(self, name: str) -> None:
         with self._lock:
-            self._request("start")
+            self._request("start", name)
             container = self._get(name)
             if container.command and container.command[0].startswith(BROKEN_PROGRAM_PREFIX):
                 raise ContainerError(f"starting {name!r} failed: exec {container.command[0]}: "
@@ -218,14 +224,14 @@ class InMemoryRuntime:
 
     def stop(self, name: str, timeout: int = 10) -> None:
         with self._lock:
-            self._request("stop")
+            self._request("stop", name)
             container = self._get(name)
             if container.status in ("running", "restarting"):
                 container.status = "exited"
 
     def remove(self, name: str, *, force: bool = False) -> None:
         with self._lock:
-            self._request("remove")
+            self._request("remove", name)
             container = self._get(name)
             if container.status in ("running", "restarting") and not force:
                 raise ContainerError(f"cannot remove running container {name!r}: stop it first")
@@ -233,7 +239,7 @@ class InMemoryRuntime:
 
     def rename(self, name: str, new_name: str) -> None:
         with self._lock:
-            self._request("rename")
+            self._request("rename", name)
             container = self._get(name)
             if self._find(new_name) is not None:
                 raise ContainerError(f"the container name {new_name!r} is already in use")
@@ -241,7 +247,7 @@ class InMemoryRuntime:
 
     def inspect(self, name: str) -> ContainerInfo | None:
         with self._lock:
-            self._request("inspect")
+            self._request("inspect", name)
             found = self._find(name)
             return found.info() if found is not None else None
 
@@ -253,7 +259,7 @@ class InMemoryRuntime:
 
     def logs(self, name: str, tail: int | None = None) -> str:
         with self._lock:
-            self._request("logs")
+            self._request("logs", name)
             lines = self._get(name).output
             shown = lines if tail is None else (lines[-tail:] if tail > 0 else [])
             return "".join(f"{line}\n" for line in shown)
@@ -287,13 +293,16 @@ class InMemoryBackend(ContainerBackend):
         with self._calls_lock:
             self._failures.setdefault(call, []).extend([error] * times)
 
-    def fail_request(self, request: str, error: ComposerError, times: int = 1) -> None:
-        """The next ``times`` engine requests of kind ``request`` raise ``error``."""
-        self.runtime.fail(request, error, times)
+    def fail_request(self, request: str, error: ComposerError, times: int = 1, *,
+                     after: int = 0) -> None:
+        """After ``after`` more engine requests of kind ``request``, the next ``times`` raise
+        ``error`` (:meth:`InMemoryRuntime.fail`)."""
+        self.runtime.fail(request, error, times, after=after)
 
     def reset_counts(self) -> None:
         self.calls.clear()
         self.runtime.requests.clear()
+        self.runtime.journal.clear()
 
     def _call(self, call: str) -> None:
         with self._calls_lock:

@@ -15,9 +15,11 @@ import pytest
 import yaml
 
 from composer_core.engine.container_backend import ContainerBackend, observed_from
+from composer_core.engine.deploy import container_spec
 from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER
 from composer_core.fleet.connectors import InvalidConnectorsFile, load_connectors, parse_connectors
 from composer_core.fleet.reconcile import Reconciler, plan
+from composer_core.images.resolve import resolve_image
 from composer_core.timestamps import seconds_since
 from composer_core.types import ContainerInfo
 from composer_core.workload import Observed
@@ -137,6 +139,170 @@ def test_seconds_since_engine_timestamps() -> None:
     assert seconds_since(None) is None and seconds_since("nonsense") is None
     assert -1 < seconds_since(time.strftime("%Y-%m-%dT%H:%M:%S.123456789Z", time.gmtime())) < 5
     assert 3500 < seconds_since(time.strftime("%Y-%m-%dT%H:%M:%S.5+00:00", time.gmtime(time.time() - 3600))) < 3700
+
+
+# --- the decisions, on the in-memory backend (no engine) ------------------------------------------
+
+MEMORY_IMAGES = ("docker.io/library/busybox:1.36", "docker.io/library/busybox:1.37")
+
+
+def _memory_fleet(ids: list[str], **overrides: dict[str, Any]) -> list[Any]:
+    return parse_connectors({"connectors": [
+        dict({"id": cid, "name": cid, "image": MEMORY_IMAGES[i % 3 == 2],
+              "env": {"CONNECTOR_ID": cid}},
+             **overrides.get(cid, {})) for i, cid in enumerate(ids)]}, "test")
+
+
+def _memory_pass(backend: Any, settings: Any, plugins: Any, connectors: list[Any], *,
+                 dry_run: bool = False, **options: Any) -> Any:
+    backend.reset_counts()
+    return Reconciler(backend, settings, plugins, stop_timeout=1, **options).run_pass(
+        connectors, dry_run=dry_run)
+
+
+def _memory_states(backend: Any, manager_id: str = "m") -> dict[str, tuple[str, str]]:
+    return {c.name: (c.status, c.id) for c in backend.runtime.list({LABEL_MANAGER: manager_id})}
+
+
+def test_memory_first_pass_then_steady_then_targeted_changes(make_settings, plugins) -> None:
+    from composer_core.testing import InMemoryBackend
+
+    settings, backend = make_settings({"manager.id": "m"}), InMemoryBackend()
+    a, b, c = ids = ["aa", "bb", "cc"]
+    first = _memory_pass(backend, settings, plugins, _memory_fleet(ids, cc={"status": "stopped"}))
+    assert [(s.id, s.action, s.result) for s in first.steps] == [
+        (a, "deploy", "ok"), (b, "deploy", "ok"), (c, "deploy", "ok")]
+    assert backend.calls["observe"] == 1 and backend.calls["apply"] == 3
+    assert backend.requests["pull"] == 2  # two distinct images for three connectors
+    assert backend.requests["inspect"] == 0  # the observation told everything
+    states = _memory_states(backend)
+    assert states[a][0] == states[b][0] == "running" and states[c][0] == "created"
+
+    second = _memory_pass(backend, settings, plugins, _memory_fleet(ids, cc={"status": "stopped"}))
+    assert {s.action for s in second.steps} == {"nothing"}
+    assert dict(backend.calls) == {"observe": 1} and dict(backend.requests) == {"list": 1}
+
+    changed = _memory_fleet(ids, bb={"env": {"CONNECTOR_ID": b, "NEW": "1"}}, cc={"status": "stopped"})
+    third = _memory_pass(backend, settings, plugins, changed)
+    assert {s.id: s.action for s in third.steps} == {a: "nothing", b: "replace", c: "nothing"}
+    after = _memory_states(backend)
+    assert after[a] == states[a] and after[c] == states[c]
+    assert after[b][1] != states[b][1] and after[b][0] == "running"
+    assert backend.requests["pull"] == 1
+
+    flipped = _memory_fleet(ids, aa={"status": "stopped"}, bb={"env": {"CONNECTOR_ID": b, "NEW": "1"}})
+    fourth = _memory_pass(backend, settings, plugins, flipped)
+    assert {s.id: s.action for s in fourth.steps} == {a: "stop", b: "nothing", c: "start"}
+    now = _memory_states(backend)
+    assert now[a] == ("exited", states[a][1]) and now[c] == ("running", states[c][1])
+
+
+def test_memory_orphans_and_stale_removed_unmanaged_untouched(make_settings, plugins) -> None:
+    from composer_core.testing import InMemoryBackend
+
+    settings, backend = make_settings({"manager.id": "m"}), InMemoryBackend()
+    stranger = backend.add_unmanaged("stranger")
+    other_manager = backend.add_unmanaged("other", labels={LABEL_MANAGER: "someone-else",
+                                                           LABEL_CONNECTOR: "x"})
+    _memory_pass(backend, settings, plugins, _memory_fleet(["aa", "bb", "cc"]))
+    result = _memory_pass(backend, settings, plugins,
+                          _memory_fleet(["aa", "bb"], bb={"name": "bb-renamed"}))
+    actions = sorted((s.name, s.action, s.result) for s in result.steps)
+    assert actions == [("aa", "nothing", "ok"), ("bb", "remove", "ok"),
+                       ("bb-renamed", "deploy", "ok"), ("cc", "remove", "ok")]
+    assert set(_memory_states(backend)) == {"aa", "bb-renamed"}
+    assert {stranger, other_manager} <= set(backend.runtime.containers)  # never touched
+
+
+def test_memory_a_failed_pull_fails_its_connectors_once_the_others_converge(make_settings,
+                                                                           plugins) -> None:
+    from composer_core.testing import InMemoryBackend
+
+    settings, backend = make_settings({"manager.id": "m"}), InMemoryBackend()
+    missing = "docker.io/library/busybox:no-such-tag"
+    backend.runtime.missing(missing)
+    connectors = _memory_fleet(["aa", "bb", "cc"], aa={"image": missing}, bb={"image": missing})
+    result = _memory_pass(backend, settings, plugins, connectors)
+    by_id = {s.id: s for s in result.steps}
+    assert by_id["cc"].result == "ok"
+    for cid in ("aa", "bb"):
+        error = by_id[cid].error
+        assert by_id[cid].result == "failed" and error is not None and error.exit_code == 10
+        assert "credential chain" in error.message  # explained with the trace
+    # the missing image was asked for once: its second connector failed with the same error
+    assert [ref for ref, _ in backend.runtime.pulls].count(missing) == 1
+    assert set(_memory_states(backend)) == {"cc"}
+
+
+def test_memory_a_backend_failure_is_one_failed_step(make_settings, plugins) -> None:
+    from composer_core.errors import ContainerError
+    from composer_core.testing import InMemoryBackend
+
+    settings, backend = make_settings({"manager.id": "m"}), InMemoryBackend()
+    backend.fail("apply", ContainerError("the engine refused"))
+    result = _memory_pass(backend, settings, plugins, _memory_fleet(["aa", "bb"]))
+    assert sorted(s.result for s in result.steps) == ["failed", "ok"]
+    (failed,) = result.failed
+    assert failed.error is not None and failed.error.message == "the engine refused"
+
+
+def test_memory_a_workload_failing_to_start_is_recreated_on_the_third_pass(make_settings,
+                                                                          plugins) -> None:
+    from dataclasses import replace as with_fields
+
+    from composer_core.testing import InMemoryBackend
+
+    settings, backend = make_settings({"manager.id": "m"}), InMemoryBackend()
+    (connector,) = _memory_fleet(["aa"])
+    resolved = resolve_image(connector.image, settings, plugins)
+    spec = container_spec(resolved, connector.name, connector.env, manager="m",
+                          connector_id=connector.id)
+    backend.runtime.images[spec.image] = "sha256:0"
+    wedged = backend.runtime.create(with_fields(spec, command=("/no/such/binary",)))
+    failures: dict[str, int] = {}
+    for attempt in (1, 2):
+        (step,) = _memory_pass(backend, settings, plugins, [connector],
+                               start_failures=failures).steps
+        assert (step.action, step.result) == ("start", "failed")
+        assert step.to_dict()["failed_starts"] == attempt and failures == {wedged.id: attempt}
+    assert "the next pass recreates it" in step.reason
+    (step,) = _memory_pass(backend, settings, plugins, [connector], start_failures=failures).steps
+    assert (step.action, step.result) == ("recreate", "ok")
+    ((status, new_id),) = _memory_states(backend).values()
+    assert new_id != wedged.id and status == "running" and failures == {}
+
+
+def test_memory_restart_loops_are_reported_with_one_inspect_each(make_settings, plugins) -> None:
+    from composer_core.testing import InMemoryBackend
+
+    settings, backend = make_settings({"manager.id": "m"}), InMemoryBackend()
+    _memory_pass(backend, settings, plugins, _memory_fleet(["aa", "bb", "cc"]))
+    backend.crash_loop("bb", restarts=5)
+    result = _memory_pass(backend, settings, plugins, [], dry_run=True)
+    assert result.warnings == ["connector bb (bb) is restarting in a loop: 5 restarts"]
+    # the list call carries no restart count: only the container it shows restarting is inspected
+    assert dict(backend.requests) == {"list": 1, "inspect": 1}
+    backend.crash_loop("bb", restarts=2)  # restarting, but not (yet) a loop
+    assert _memory_pass(backend, settings, plugins, [], dry_run=True).warnings == []
+
+
+def test_memory_each_pull_sends_exactly_the_chains_one_credential(make_settings, plugins) -> None:
+    from composer_core.testing import InMemoryBackend
+
+    registry = "registry.example:5000"
+    settings = make_settings({"manager.id": "m", "opencti.daemon.docker.registry": {
+        "url": registry, "username": "alice", "password": "s3cret-pw"}})
+    backend = InMemoryBackend()
+    backend.runtime.require_auth(registry, "alice", "s3cret-pw")
+    connectors = parse_connectors({"connectors": [
+        {"id": "private", "image": "xtm/connector:1"},
+        {"id": "public", "image": "docker.io/library/busybox:1.36"}]}, "test")
+    result = _memory_pass(backend, settings, plugins, connectors)
+    assert result.failed == []
+    sent = {ref: creds for ref, creds in backend.runtime.pulls}
+    private = sent[f"{registry}/xtm/connector:1"]
+    assert (private.source, private.username, private.registry) == ("config", "alice", registry)
+    assert sent["docker.io/library/busybox:1.36"].anonymous  # never another registry's credential
 
 
 # --- on the engines ----------------------------------------------------------------------------
