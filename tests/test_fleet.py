@@ -305,6 +305,31 @@ def test_memory_each_pull_sends_exactly_the_chains_one_credential(make_settings,
     assert sent["docker.io/library/busybox:1.36"].anonymous  # never another registry's credential
 
 
+def test_memory_apply_command_drives_any_backend(run_cli, monkeypatch, tmp_path: Path) -> None:
+    """`apply` needs only the backend contract: on the in-memory backend, a first apply deploys,
+    the second is one observation and no write."""
+    from composer_core.engine import select
+    from composer_core.testing import InMemoryBackend
+
+    backend = InMemoryBackend()
+    monkeypatch.setattr(select, "connect_runtime", lambda *args, **kwargs: backend)
+    monkeypatch.setenv("MANAGER__ID", "m-apply")
+    path = tmp_path / "connectors.yaml"
+    path.write_text(yaml.safe_dump({"connectors": [
+        {"id": "aa", "image": MEMORY_IMAGES[0]}, {"id": "bb", "image": MEMORY_IMAGES[1],
+                                                  "status": "stopped"}]}))
+    code, out, err = run_cli(["apply", "-f", str(path), "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["runtime"] == "memory"
+    assert [(a["id"], a["action"], a["result"]) for a in result["actions"]] == [
+        ("aa", "deploy", "ok"), ("bb", "deploy", "ok")]
+    backend.reset_counts()
+    code, out, _ = run_cli(["apply", "-f", str(path), "--json"])
+    assert {a["action"] for a in json.loads(out)["actions"]} == {"nothing"}
+    assert dict(backend.calls) == {"observe": 1} and dict(backend.requests) == {"list": 1}
+
+
 # --- on the engines ----------------------------------------------------------------------------
 
 pytest_integration = pytest.mark.integration
