@@ -305,6 +305,24 @@ def test_memory_each_pull_sends_exactly_the_chains_one_credential(make_settings,
     assert sent["docker.io/library/busybox:1.36"].anonymous  # never another registry's credential
 
 
+def test_memory_failures_a_backend_observed_are_warnings(make_settings, plugins) -> None:
+    """An orchestrator reports a task rejected for auth in Observed.error: the pass says so."""
+    from dataclasses import replace as with_fields
+
+    from composer_core.errors import AuthenticationRequired
+    from composer_core.testing import InMemoryBackend
+
+    settings, backend = make_settings({"manager.id": "m"}), InMemoryBackend()
+    _memory_pass(backend, settings, plugins, _memory_fleet(["aa", "bb"]))
+    observed = backend.observe({LABEL_MANAGER: "m"})
+    rejected = AuthenticationRequired("authentication required: task rejected\n  trace...")
+    backend.observe = lambda labels: [with_fields(o, error=rejected) if o.name == "bb" else o
+                                      for o in observed]
+    result = _memory_pass(backend, settings, plugins, _memory_fleet(["aa", "bb"]), dry_run=True)
+    assert result.warnings == ["connector bb (bb) failed on the backend (exit code 6): "
+                               "authentication required: task rejected"]
+
+
 def test_memory_apply_command_drives_any_backend(run_cli, monkeypatch, tmp_path: Path) -> None:
     """`apply` needs only the backend contract: on the in-memory backend, a first apply deploys,
     the second is one observation and no write."""

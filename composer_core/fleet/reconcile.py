@@ -17,7 +17,8 @@ orchestrator. A pass is:
    stale workloads' removals (a connector's old workload goes after its new one runs).
 
 The plan hands the backend what the observation told (the current workload): nothing is looked
-at again. Restart loops are reported from what was observed (restart count, start time, state).
+at again. Restart loops are reported from what was observed (restart count, start time, state),
+and so are the typed failures a backend observed (``Observed.error``), as warnings.
 
 A failed action never stops the others; the pass reports every result. A steady state (nothing to
 do) costs exactly the one observation, whatever the size of the fleet.
@@ -221,7 +222,7 @@ class Reconciler:
     def run_pass(self, connectors: Sequence[Connector], *, dry_run: bool = False) -> Pass:
         steps, observed = self.plan(connectors)
         result = Pass(steps, self.backend.name)
-        result.warnings = restart_loops(observed)
+        result.warnings = restart_loops(observed) + observed_failures(observed)
         if dry_run:
             return result
         todo = [s for s in steps if s.action != "nothing"]
@@ -342,6 +343,21 @@ class Reconciler:
     def _forget_failures(self, workload_id: str) -> None:
         with self._failures_lock:
             self.start_failures.pop(workload_id, None)
+
+
+def observed_failures(observed: Iterable[Observed]) -> list[str]:
+    """The typed failures a backend observed (an orchestrator's task rejected for auth, a missing
+    tag...), one warning each with the error's headline: the pass reports them as they are."""
+    warnings = []
+    for info in observed:
+        if info.error is None:
+            continue
+        headline = redact.scrub(info.error.message.splitlines()[0] if info.error.message else "")
+        message = (f"connector {info.connector_id or '?'} ({info.name}) failed on the backend "
+                   f"(exit code {info.error.exit_code}): {headline}")
+        warnings.append(message)
+        log.warning("%s", message)
+    return warnings
 
 
 def restart_loops(observed: Iterable[Observed]) -> list[str]:
