@@ -9,8 +9,8 @@ Needs the test bench (``scripts/bench-services up``). Per engine:
    credentials from the settings, distinct names and env), the image absent from the engine:
 
    * ``composer``: :meth:`~composer_core.fleet.reconcile.Reconciler.run_pass` in process, timed from the
-     plugin manager and ``connect_runtime`` to the end of the pass (one list call, one pull, the
-     deploys ``manager.max_parallel`` at a time);
+     plugin manager and ``connect_runtime`` to the end of the pass, through the workload contract
+     (one observation, one pull, the applies ``manager.max_parallel`` at a time);
    * ``cli loop``: ``sh -e`` running ``docker pull`` then ``docker run -d --name ... -e ...`` once
      per connector (``podman --remote --url ... pull`` / ``run -d`` for Podman), the credentials
      in a throwaway ``--config`` (``--authfile``), ``DOCKER_API_VERSION`` pinned to the daemon's.
@@ -58,6 +58,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from composer_core.engine.container_backend import ContainerBackend, runtime_of  # noqa: E402
 from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_MANAGER  # noqa: E402
 from composer_core.engine.select import connect_runtime  # noqa: E402
 from composer_core.fleet.connectors import Connector, parse_connectors  # noqa: E402
@@ -307,12 +308,13 @@ def first_apply(engine: Engine, settings: Settings, manager: str, image: str, to
         connectors = fleet(f"xab-{token}-c{round_no}", args.connectors, image)
         with timer(times["composer"]):
             plugins = Plugins()
-            runtime = CountingRuntime(connect_runtime(settings, plugins))
+            backend = connect_runtime(settings, plugins)
+            runtime = CountingRuntime(runtime_of(backend, "bench/apply.py"))
             # the pass's requests (the connect's ping is made already)
             http = HttpCounter(session_of(runtime._runtime))
-            result = Reconciler(runtime, settings, plugins,
+            result = Reconciler(ContainerBackend(runtime), settings, plugins,
                                 stop_timeout=STOP_TIMEOUT).run_pass(connectors)
-        runtime._runtime.close()
+        backend.close()
         check(result, args.connectors)
         calls.update(runtime.calls)
         http_requests.update(http.requests)
@@ -352,12 +354,15 @@ def steady_and_replace(engine: Engine, settings: Settings, manager: str, image: 
     prefix = f"xab-{token}-f"
     connectors = fleet(prefix, args.fleet, image)
     plugins = Plugins()
-    runtime = CountingRuntime(connect_runtime(settings, plugins))
+    connected = connect_runtime(settings, plugins)
+    runtime = CountingRuntime(runtime_of(connected, "bench/apply.py"))
+    # the fleet drives the engine through the workload contract, as `apply` does
+    backend = ContainerBackend(runtime)
     http = HttpCounter(session_of(runtime._runtime))
     out: dict[str, Any] = {}
     try:
         started = time.perf_counter()
-        check(Reconciler(runtime, settings, plugins, stop_timeout=STOP_TIMEOUT)
+        check(Reconciler(backend, settings, plugins, stop_timeout=STOP_TIMEOUT)
               .run_pass(connectors), args.fleet)
         say(f"{engine.name}: {args.fleet} connectors deployed in "
             f"{time.perf_counter() - started:.1f} s (untimed setup)")
@@ -367,7 +372,7 @@ def steady_and_replace(engine: Engine, settings: Settings, manager: str, image: 
             http.reset()
             runtime.calls.clear()
             with timer(times):
-                result = Reconciler(runtime, settings, plugins,
+                result = Reconciler(backend, settings, plugins,
                                     stop_timeout=STOP_TIMEOUT).run_pass(connectors)
             check(result, args.fleet)
             if any(s.action != "nothing" for s in result.steps):
@@ -390,7 +395,7 @@ def steady_and_replace(engine: Engine, settings: Settings, manager: str, image: 
             runtime.calls.clear()
             replace_times: list[float] = []
             with timer(replace_times):
-                result = Reconciler(runtime, settings, plugins,
+                result = Reconciler(backend, settings, plugins,
                                     stop_timeout=STOP_TIMEOUT).run_pass(changed)
             check(result, args.fleet)
             actions = Counter(s.action for s in result.steps)
@@ -402,7 +407,7 @@ def steady_and_replace(engine: Engine, settings: Settings, manager: str, image: 
             say(f"{engine.name}: replace {args.changed} of {args.fleet}: {http.total} requests, "
                 f"{replace_times[0]:.2f} s")
     finally:
-        runtime.close()
+        connected.close()
     return out
 
 

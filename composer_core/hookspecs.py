@@ -124,17 +124,34 @@ def composer_credential_providers() -> CredentialProvider | list[CredentialProvi
 
 @hookspec
 def composer_runtime_backends() -> RuntimeBackend | list[RuntimeBackend]:
-    """Contribute container engines.
+    """Contribute backends: container engines and orchestrators.
 
     Called once per process, when the plugins load. Return one
     :class:`~composer_core.records.RuntimeBackend` or a list.
-    ``connect(settings)`` returns a connected :class:`~composer_core.types.Runtime` or raises a
-    :class:`~composer_core.errors.ComposerError` saying why the engine cannot be reached. A runtime
-    implements: ``pull`` (with exactly one credential, or none for an anonymous pull), ``create``,
-    ``start``, ``stop``, ``remove``, ``rename`` (a redeploy creates the new container beside the
-    old one, then gives it the old one's name, so that a failure can roll back), ``inspect``,
-    ``list`` by label, ``logs`` and ``close``; each raises a ``ComposerError`` subclass, never an
-    SDK exception.
+    ``connect(settings)`` returns a connected :class:`~composer_core.workload.Backend` or raises a
+    :class:`~composer_core.errors.ComposerError` saying why the engine cannot be reached. The core
+    hands a backend resolved :class:`~composer_core.workload.Workload` values (name, connector id,
+    the exact image, the ONE credential the chain found for its registry or explicitly none, TLS,
+    env, labels, started / stopped, config hash) and reads back
+    :class:`~composer_core.workload.Observed` ones. A backend implements (each method documented
+    in :mod:`composer_core.workload` and ``docs/plugins.md``, "The backend contract"):
+
+    * ``observe(labels)``: every workload carrying all ``labels``; one request on a single host,
+      at most two on an orchestrator (a steady fleet pass costs exactly this);
+    * ``apply(workload, current, progress=)``: create, update or replace (with rollback), started
+      or stopped, sending exactly ``workload.credentials`` for the image's registry;
+    * ``set_state(current, state)``, ``remove(current)``, ``logs(current, tail)``, ``close()``;
+    * ``name``, ``endpoint`` (never with credentials) and ``capabilities`` (``pull``,
+      ``replicas``, ``digest-pinning``...).
+
+    Each raises a ``ComposerError`` subclass, never an SDK exception (registry errors explained
+    with the workload's credential trace: exit codes 6/7/8/9/10/15). A container engine need not
+    write all that: it implements the container-level :class:`~composer_core.types.Runtime`
+    (``pull`` with exactly one credential or none, ``create``, ``start``, ``stop``, ``remove``,
+    ``rename``, ``inspect``, ``list`` by label, ``logs``, ``close``) and returns it in the core's
+    :class:`~composer_core.engine.container_backend.ContainerBackend`, which brings the deploy flow
+    (one pull per image per pass, replace with rollback, restart policy). Check a backend with the
+    contract test kit, :mod:`composer_core.testing`.
 
     The backend used is the one named by ``--runtime`` or the setting ``opencti.daemon.selector``;
     ``auto`` tries the backends named in ``opencti.daemon.auto_order`` (default
@@ -145,7 +162,9 @@ def composer_runtime_backends() -> RuntimeBackend | list[RuntimeBackend]:
 
         @hookimpl
         def composer_runtime_backends():
-            return RuntimeBackend(name="nerdctl", connect=NerdctlRuntime.connect)
+            return RuntimeBackend(
+                name="nerdctl",
+                connect=lambda settings: ContainerBackend(NerdctlRuntime.connect(settings)))
     """
 
 

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     import click
 
     from composer_core.settings import Settings
-    from composer_core.types import CredentialRequest, Credentials, LookupResult, Rewrite, Runtime
+    from composer_core.types import CredentialRequest, Credentials, LookupResult, Rewrite
+    from composer_core.workload import Backend
 
 NAME_RULE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 NAME_RULE_TEXT = ("lowercase letters, digits, '-' and '_', starting with a letter, "
@@ -96,11 +97,13 @@ class CredentialProvider(Record):
 
 @dataclass(frozen=True, slots=True)
 class RuntimeBackend(Record):
-    """A named container engine. ``connect(settings)`` returns a connected
-    :class:`~composer_core.types.Runtime` or raises :class:`composer_core.errors.ComposerError`
-    saying why the engine cannot be reached."""
+    """A named backend (a container engine, an orchestrator). ``connect(settings)`` returns a
+    connected :class:`~composer_core.workload.Backend` (a container engine: its
+    :class:`~composer_core.types.Runtime` in a
+    :class:`~composer_core.engine.container_backend.ContainerBackend`) or raises
+    :class:`composer_core.errors.ComposerError` saying why the engine cannot be reached."""
 
-    connect: Callable[[Settings], Runtime]
+    connect: Callable[[Settings], Backend]
     description: str = ""
     kind: ClassVar[str] = "runtime backend"
 

@@ -198,7 +198,7 @@ class ResolvedImage:
         return self.ref.familiar()
 
 
-# --- runtime backends ------------------------------------------------------------------------
+# --- container engines (behind the workload contract of composer_core.workload) ----------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,8 +246,12 @@ class PullProgress:
 
 
 class Runtime(Protocol):
-    """A connected container engine. Every method raises a :class:`composer_core.errors.ComposerError`
-    subclass on failure, never an SDK exception."""
+    """A connected container engine, at container level. Every method raises a
+    :class:`composer_core.errors.ComposerError` subclass on failure, never an SDK exception.
+
+    The core drives it through :class:`~composer_core.engine.container_backend.ContainerBackend`,
+    which implements the workload contract (:class:`composer_core.workload.Backend`) over it:
+    an engine plugin's ``connect(settings)`` returns ``ContainerBackend(runtime)``."""
 
     name: str
     endpoint: str

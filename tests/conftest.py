@@ -22,7 +22,13 @@ from composer_core.settings import Settings, load_settings
 
 # Fixtures shared by several test modules live beside their helpers; importing them here makes
 # them visible to every test without each module re-importing them.
-from tests.engine_helpers import connect, engine, engine_settings, manager  # noqa: F401
+from tests.engine_helpers import (  # noqa: F401
+    connect,
+    connect_backend,
+    engine,
+    engine_settings,
+    manager,
+)
 from tests.keychain_helpers import clean_helper_cache, pass_store  # noqa: F401
 
 OUR_DISTRIBUTION = "xtm-composer"

@@ -6,6 +6,8 @@ Import the fixtures into a test module (``from tests.engine_helpers import engin
   ``CONTAINER_HOST`` at the bench (never at the machine's own sockets).
 * ``manager`` is a manager.id unique to the test; every container carrying it is removed at
   teardown (on both engines), and only those.
+* ``connect_backend`` connects the selected :class:`~composer_core.workload.Backend`; ``connect``
+  gives the container-level runtime behind it (docker, podman).
 * ``raw`` gives the engine's SDK client, for checks made behind the composer's back.
 """
 
@@ -26,6 +28,7 @@ import pytest
 from composer_core.engine.labels import LABEL_MANAGER
 from composer_core.settings import Settings
 from composer_core.types import Runtime
+from composer_core.workload import Backend
 
 ENGINES = ("docker", "podman")
 #: A command that exits at once on SIGTERM (the image's `sleep` as PID 1 ignores it): fast stops.
@@ -167,17 +170,29 @@ def engine_settings(make_settings: Callable[..., Settings], engine: str,
 
 
 @pytest.fixture
-def connect(plugins: Any) -> Iterator[Callable[[Settings], Runtime]]:
-    """Connect the runtime the settings select; every runtime is closed at teardown."""
+def connect_backend(plugins: Any) -> Iterator[Callable[[Settings], Backend]]:
+    """Connect the backend the settings select; every backend is closed at teardown."""
     from composer_core.engine.select import connect_runtime
 
-    opened: list[Runtime] = []
+    opened: list[Backend] = []
+
+    def open_backend(settings: Settings) -> Backend:
+        backend = connect_runtime(settings, plugins)
+        opened.append(backend)
+        return backend
+
+    yield open_backend
+    for backend in opened:
+        backend.close()
+
+
+@pytest.fixture
+def connect(connect_backend: Callable[[Settings], Backend]) -> Callable[[Settings], Runtime]:
+    """The container-level runtime behind the backend the settings select (docker, podman), for
+    tests that drive containers directly; closed with its backend at teardown."""
+    from composer_core.engine.container_backend import runtime_of
 
     def open_runtime(settings: Settings) -> Runtime:
-        runtime = connect_runtime(settings, plugins)
-        opened.append(runtime)
-        return runtime
+        return runtime_of(connect_backend(settings), "tests")
 
-    yield open_runtime
-    for runtime in opened:
-        runtime.close()
+    return open_runtime

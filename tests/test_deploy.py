@@ -180,6 +180,65 @@ WIRE_CASES = [  # (credentials, Docker auth_config, Podman per-registry map)
 ]
 
 
+def _memory_workload(values: dict[str, str], command: tuple[str, ...] | None = None) -> Any:
+    from composer_core.auth.chain import Resolution
+    from composer_core.engine.tls import TlsDecision
+    from composer_core.engine.workloads import workload_of
+    from composer_core.images.reference import ImageRef
+    from composer_core.types import ResolvedImage
+
+    text = "docker.io/library/busybox:1.36"
+    resolved = ResolvedImage(input=text, ref=ImageRef.parse(text))
+    spec = container_spec(resolved, "xtm-rollback", values, manager="m", connector_id="c1",
+                          command=command)
+    return workload_of(resolved, spec, connector_id="c1", state="started",
+                       resolution=Resolution(resolved, "docker.io", Anonymous, ()),
+                       tls=TlsDecision(verify=True, setting=None))
+
+
+@pytest.mark.parametrize(("failing", "after"), [
+    ("rename", 0),  # the old container cannot step aside
+    ("rename", 1),  # it stepped aside, then the new one cannot take the name
+    ("start", 0),  # the new one has the name but cannot start
+])
+def test_a_failed_replacement_rolls_back_to_the_old_container(failing: str, after: int) -> None:
+    """The rollback of a replacement, on the in-memory engine (no engine needed): whichever step
+    fails, the old container keeps its name and keeps running, and the new one is gone."""
+    from composer_core.testing import InMemoryBackend
+
+    backend = InMemoryBackend()
+    old = backend.apply(_memory_workload({"A": "1"}), None).observed
+    (current,) = backend.observe({LABEL_MANAGER: "m"})
+    backend.fail_request(failing, ContainerError(f"{failing} refused by the engine"), after=after)
+    backend.reset_counts()
+    with pytest.raises(ContainerError, match="refused by the engine"):
+        backend.apply(_memory_workload({"A": "2"}), current)
+    (left,) = backend.runtime.list({})
+    assert (left.id, left.name, left.status) == (old.id, "xtm-rollback", "running")
+    assert left.labels[LABEL_HASH] == current.config_hash  # the old config, untouched
+    removed = [target for kind, target in backend.runtime.journal if kind == "remove"]
+    assert len(removed) == 1 and removed[0] != old.id  # the new container, and only it
+    assert ("stop", old.id) not in backend.runtime.journal
+
+
+def test_a_replacement_runs_the_new_container_before_the_old_one_stops() -> None:
+    from composer_core.testing import InMemoryBackend
+
+    backend = InMemoryBackend()
+    backend.apply(_memory_workload({"A": "1"}), None)
+    (current,) = backend.observe({LABEL_MANAGER: "m"})
+    backend.reset_counts()
+    applied = backend.apply(_memory_workload({"A": "2"}), current)
+    assert applied.action == "replaced" and applied.observed.state == "started"
+    (now,) = backend.runtime.list({})
+    assert now.name == "xtm-rollback" and now.id != current.id and now.status == "running"
+    assert now.labels[LABEL_HASH] == _memory_workload({"A": "2"}).config_hash
+    journal = backend.runtime.journal
+    assert journal.index(("start", "xtm-rollback")) < journal.index(("stop", current.id))
+    # restart policy: the engine restarts a connector that exits, unless stopped on purpose
+    assert backend.runtime.containers[now.id].restart_policy == "unless-stopped"
+
+
 @pytest.mark.parametrize(("credentials", "docker_form", "podman_form"), WIRE_CASES)
 def test_each_engine_builds_its_own_wire_form(credentials: Any, docker_form: dict[str, str],
                                               podman_form: dict[str, Any]) -> None:

@@ -329,15 +329,16 @@ def test_podman_anonymous_pull_ignores_the_services_files(bench: Any, plugins: A
         image = client.images.pull(reference, tls_verify=False)
         assert getattr(image, "id", None)
     settings = engine_settings({"opencti.daemon.podman.endpoint": endpoint})
+    from composer_core.engine.container_backend import runtime_of
     from composer_core.engine.select import connect_runtime
 
-    runtime = connect_runtime(settings, plugins)
+    backend = connect_runtime(settings, plugins)
     try:
-        assert runtime.endpoint == endpoint
+        assert backend.endpoint == endpoint
         with pytest.raises(AuthenticationRequired):
-            Deployer(runtime, settings, plugins).pull(reference)
+            Deployer(runtime_of(backend, "pull"), settings, plugins).pull(reference)
     finally:
-        runtime.close()
+        backend.close()
 
 
 # --- a docker-py that never reads ~/.docker/config.json ----------------------------------------

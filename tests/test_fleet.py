@@ -14,11 +14,15 @@ from typing import Any
 import pytest
 import yaml
 
+from composer_core.engine.container_backend import ContainerBackend, observed_from
+from composer_core.engine.deploy import container_spec
 from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER
 from composer_core.fleet.connectors import InvalidConnectorsFile, load_connectors, parse_connectors
 from composer_core.fleet.reconcile import Reconciler, plan
+from composer_core.images.resolve import resolve_image
 from composer_core.timestamps import seconds_since
 from composer_core.types import ContainerInfo
+from composer_core.workload import Observed
 from tests.conftest import assert_no_secrets
 from tests.engine_helpers import (
     CountingRuntime,
@@ -87,11 +91,13 @@ def test_broken_files(tmp_path: Path, content: str, words: str) -> None:
         load_connectors(path)
 
 
-def _info(name: str, cid: str | None, status: str, digest: str = "old", manager_id: str = "m") -> ContainerInfo:
+def _info(name: str, cid: str | None, status: str, digest: str = "old", manager_id: str = "m") -> Observed:
+    """A container as the docker / podman backend reports it to the plan."""
     labels = {LABEL_MANAGER: manager_id, LABEL_HASH: digest}
     if cid:
         labels[LABEL_CONNECTOR] = cid
-    return ContainerInfo(id=f"id-{name}", name=name, image="x", status=status, labels=labels)
+    return observed_from(ContainerInfo(id=f"id-{name}", name=name, image="x", status=status,
+                                       labels=labels))
 
 
 def test_plan_covers_every_action(make_settings, plugins) -> None:
@@ -135,6 +141,213 @@ def test_seconds_since_engine_timestamps() -> None:
     assert 3500 < seconds_since(time.strftime("%Y-%m-%dT%H:%M:%S.5+00:00", time.gmtime(time.time() - 3600))) < 3700
 
 
+# --- the decisions, on the in-memory backend (no engine) ------------------------------------------
+
+MEMORY_IMAGES = ("docker.io/library/busybox:1.36", "docker.io/library/busybox:1.37")
+
+
+def _memory_fleet(ids: list[str], **overrides: dict[str, Any]) -> list[Any]:
+    return parse_connectors({"connectors": [
+        dict({"id": cid, "name": cid, "image": MEMORY_IMAGES[i % 3 == 2],
+              "env": {"CONNECTOR_ID": cid}},
+             **overrides.get(cid, {})) for i, cid in enumerate(ids)]}, "test")
+
+
+def _memory_pass(backend: Any, settings: Any, plugins: Any, connectors: list[Any], *,
+                 dry_run: bool = False, **options: Any) -> Any:
+    backend.reset_counts()
+    return Reconciler(backend, settings, plugins, stop_timeout=1, **options).run_pass(
+        connectors, dry_run=dry_run)
+
+
+def _memory_states(backend: Any, manager_id: str = "m") -> dict[str, tuple[str, str]]:
+    return {c.name: (c.status, c.id) for c in backend.runtime.list({LABEL_MANAGER: manager_id})}
+
+
+def test_memory_first_pass_then_steady_then_targeted_changes(make_settings, plugins) -> None:
+    from composer_core.testing import InMemoryBackend
+
+    settings, backend = make_settings({"manager.id": "m"}), InMemoryBackend()
+    a, b, c = ids = ["aa", "bb", "cc"]
+    first = _memory_pass(backend, settings, plugins, _memory_fleet(ids, cc={"status": "stopped"}))
+    assert [(s.id, s.action, s.result) for s in first.steps] == [
+        (a, "deploy", "ok"), (b, "deploy", "ok"), (c, "deploy", "ok")]
+    assert backend.calls["observe"] == 1 and backend.calls["apply"] == 3
+    assert backend.requests["pull"] == 2  # two distinct images for three connectors
+    assert backend.requests["inspect"] == 0  # the observation told everything
+    states = _memory_states(backend)
+    assert states[a][0] == states[b][0] == "running" and states[c][0] == "created"
+
+    second = _memory_pass(backend, settings, plugins, _memory_fleet(ids, cc={"status": "stopped"}))
+    assert {s.action for s in second.steps} == {"nothing"}
+    assert dict(backend.calls) == {"observe": 1} and dict(backend.requests) == {"list": 1}
+
+    changed = _memory_fleet(ids, bb={"env": {"CONNECTOR_ID": b, "NEW": "1"}}, cc={"status": "stopped"})
+    third = _memory_pass(backend, settings, plugins, changed)
+    assert {s.id: s.action for s in third.steps} == {a: "nothing", b: "replace", c: "nothing"}
+    after = _memory_states(backend)
+    assert after[a] == states[a] and after[c] == states[c]
+    assert after[b][1] != states[b][1] and after[b][0] == "running"
+    assert backend.requests["pull"] == 1
+
+    flipped = _memory_fleet(ids, aa={"status": "stopped"}, bb={"env": {"CONNECTOR_ID": b, "NEW": "1"}})
+    fourth = _memory_pass(backend, settings, plugins, flipped)
+    assert {s.id: s.action for s in fourth.steps} == {a: "stop", b: "nothing", c: "start"}
+    now = _memory_states(backend)
+    assert now[a] == ("exited", states[a][1]) and now[c] == ("running", states[c][1])
+
+
+def test_memory_orphans_and_stale_removed_unmanaged_untouched(make_settings, plugins) -> None:
+    from composer_core.testing import InMemoryBackend
+
+    settings, backend = make_settings({"manager.id": "m"}), InMemoryBackend()
+    stranger = backend.add_unmanaged("stranger")
+    other_manager = backend.add_unmanaged("other", labels={LABEL_MANAGER: "someone-else",
+                                                           LABEL_CONNECTOR: "x"})
+    _memory_pass(backend, settings, plugins, _memory_fleet(["aa", "bb", "cc"]))
+    result = _memory_pass(backend, settings, plugins,
+                          _memory_fleet(["aa", "bb"], bb={"name": "bb-renamed"}))
+    actions = sorted((s.name, s.action, s.result) for s in result.steps)
+    assert actions == [("aa", "nothing", "ok"), ("bb", "remove", "ok"),
+                       ("bb-renamed", "deploy", "ok"), ("cc", "remove", "ok")]
+    assert set(_memory_states(backend)) == {"aa", "bb-renamed"}
+    assert {stranger, other_manager} <= set(backend.runtime.containers)  # never touched
+
+
+def test_memory_a_failed_pull_fails_its_connectors_once_the_others_converge(make_settings,
+                                                                           plugins) -> None:
+    from composer_core.testing import InMemoryBackend
+
+    settings, backend = make_settings({"manager.id": "m"}), InMemoryBackend()
+    missing = "docker.io/library/busybox:no-such-tag"
+    backend.runtime.missing(missing)
+    connectors = _memory_fleet(["aa", "bb", "cc"], aa={"image": missing}, bb={"image": missing})
+    result = _memory_pass(backend, settings, plugins, connectors)
+    by_id = {s.id: s for s in result.steps}
+    assert by_id["cc"].result == "ok"
+    for cid in ("aa", "bb"):
+        error = by_id[cid].error
+        assert by_id[cid].result == "failed" and error is not None and error.exit_code == 10
+        assert "credential chain" in error.message  # explained with the trace
+    # the missing image was asked for once: its second connector failed with the same error
+    assert [ref for ref, _ in backend.runtime.pulls].count(missing) == 1
+    assert set(_memory_states(backend)) == {"cc"}
+
+
+def test_memory_a_backend_failure_is_one_failed_step(make_settings, plugins) -> None:
+    from composer_core.errors import ContainerError
+    from composer_core.testing import InMemoryBackend
+
+    settings, backend = make_settings({"manager.id": "m"}), InMemoryBackend()
+    backend.fail("apply", ContainerError("the engine refused"))
+    result = _memory_pass(backend, settings, plugins, _memory_fleet(["aa", "bb"]))
+    assert sorted(s.result for s in result.steps) == ["failed", "ok"]
+    (failed,) = result.failed
+    assert failed.error is not None and failed.error.message == "the engine refused"
+
+
+def test_memory_a_workload_failing_to_start_is_recreated_on_the_third_pass(make_settings,
+                                                                          plugins) -> None:
+    from dataclasses import replace as with_fields
+
+    from composer_core.testing import InMemoryBackend
+
+    settings, backend = make_settings({"manager.id": "m"}), InMemoryBackend()
+    (connector,) = _memory_fleet(["aa"])
+    resolved = resolve_image(connector.image, settings, plugins)
+    spec = container_spec(resolved, connector.name, connector.env, manager="m",
+                          connector_id=connector.id)
+    backend.runtime.images[spec.image] = "sha256:0"
+    wedged = backend.runtime.create(with_fields(spec, command=("/no/such/binary",)))
+    failures: dict[str, int] = {}
+    for attempt in (1, 2):
+        (step,) = _memory_pass(backend, settings, plugins, [connector],
+                               start_failures=failures).steps
+        assert (step.action, step.result) == ("start", "failed")
+        assert step.to_dict()["failed_starts"] == attempt and failures == {wedged.id: attempt}
+    assert "the next pass recreates it" in step.reason
+    (step,) = _memory_pass(backend, settings, plugins, [connector], start_failures=failures).steps
+    assert (step.action, step.result) == ("recreate", "ok")
+    ((status, new_id),) = _memory_states(backend).values()
+    assert new_id != wedged.id and status == "running" and failures == {}
+
+
+def test_memory_restart_loops_are_reported_with_one_inspect_each(make_settings, plugins) -> None:
+    from composer_core.testing import InMemoryBackend
+
+    settings, backend = make_settings({"manager.id": "m"}), InMemoryBackend()
+    _memory_pass(backend, settings, plugins, _memory_fleet(["aa", "bb", "cc"]))
+    backend.crash_loop("bb", restarts=5)
+    result = _memory_pass(backend, settings, plugins, [], dry_run=True)
+    assert result.warnings == ["connector bb (bb) is restarting in a loop: 5 restarts"]
+    # the list call carries no restart count: only the container it shows restarting is inspected
+    assert dict(backend.requests) == {"list": 1, "inspect": 1}
+    backend.crash_loop("bb", restarts=2)  # restarting, but not (yet) a loop
+    assert _memory_pass(backend, settings, plugins, [], dry_run=True).warnings == []
+
+
+def test_memory_each_pull_sends_exactly_the_chains_one_credential(make_settings, plugins) -> None:
+    from composer_core.testing import InMemoryBackend
+
+    registry = "registry.example:5000"
+    settings = make_settings({"manager.id": "m", "opencti.daemon.docker.registry": {
+        "url": registry, "username": "alice", "password": "s3cret-pw"}})
+    backend = InMemoryBackend()
+    backend.runtime.require_auth(registry, "alice", "s3cret-pw")
+    connectors = parse_connectors({"connectors": [
+        {"id": "private", "image": "xtm/connector:1"},
+        {"id": "public", "image": "docker.io/library/busybox:1.36"}]}, "test")
+    result = _memory_pass(backend, settings, plugins, connectors)
+    assert result.failed == []
+    sent = {ref: creds for ref, creds in backend.runtime.pulls}
+    private = sent[f"{registry}/xtm/connector:1"]
+    assert (private.source, private.username, private.registry) == ("config", "alice", registry)
+    assert sent["docker.io/library/busybox:1.36"].anonymous  # never another registry's credential
+
+
+def test_memory_failures_a_backend_observed_are_warnings(make_settings, plugins) -> None:
+    """An orchestrator reports a task rejected for auth in Observed.error: the pass says so."""
+    from dataclasses import replace as with_fields
+
+    from composer_core.errors import AuthenticationRequired
+    from composer_core.testing import InMemoryBackend
+
+    settings, backend = make_settings({"manager.id": "m"}), InMemoryBackend()
+    _memory_pass(backend, settings, plugins, _memory_fleet(["aa", "bb"]))
+    observed = backend.observe({LABEL_MANAGER: "m"})
+    rejected = AuthenticationRequired("authentication required: task rejected\n  trace...")
+    backend.observe = lambda labels: [with_fields(o, error=rejected) if o.name == "bb" else o
+                                      for o in observed]
+    result = _memory_pass(backend, settings, plugins, _memory_fleet(["aa", "bb"]), dry_run=True)
+    assert result.warnings == ["connector bb (bb) failed on the backend (exit code 6): "
+                               "authentication required: task rejected"]
+
+
+def test_memory_apply_command_drives_any_backend(run_cli, monkeypatch, tmp_path: Path) -> None:
+    """`apply` needs only the backend contract: on the in-memory backend, a first apply deploys,
+    the second is one observation and no write."""
+    from composer_core.engine import select
+    from composer_core.testing import InMemoryBackend
+
+    backend = InMemoryBackend()
+    monkeypatch.setattr(select, "connect_runtime", lambda *args, **kwargs: backend)
+    monkeypatch.setenv("MANAGER__ID", "m-apply")
+    path = tmp_path / "connectors.yaml"
+    path.write_text(yaml.safe_dump({"connectors": [
+        {"id": "aa", "image": MEMORY_IMAGES[0]}, {"id": "bb", "image": MEMORY_IMAGES[1],
+                                                  "status": "stopped"}]}))
+    code, out, err = run_cli(["apply", "-f", str(path), "--json"])
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["runtime"] == "memory"
+    assert [(a["id"], a["action"], a["result"]) for a in result["actions"]] == [
+        ("aa", "deploy", "ok"), ("bb", "deploy", "ok")]
+    backend.reset_counts()
+    code, out, _ = run_cli(["apply", "-f", str(path), "--json"])
+    assert {a["action"] for a in json.loads(out)["actions"]} == {"nothing"}
+    assert dict(backend.calls) == {"observe": 1} and dict(backend.requests) == {"list": 1}
+
+
 # --- on the engines ----------------------------------------------------------------------------
 
 pytest_integration = pytest.mark.integration
@@ -165,7 +378,8 @@ def ids(engine: str, bench: Any) -> list[str]:
 def _pass(runtime: Any, settings: Any, plugins: Any, data: dict[str, Any]) -> tuple[Any, CountingRuntime]:
     counting = CountingRuntime(runtime)
     connectors = parse_connectors(data, "test")
-    result = Reconciler(counting, settings, plugins, stop_timeout=1).run_pass(connectors)
+    result = Reconciler(ContainerBackend(counting), settings, plugins,
+                        stop_timeout=1).run_pass(connectors)
     return result, counting
 
 
@@ -389,7 +603,8 @@ def test_a_connector_restarting_in_a_loop_is_reported(engine, bench, manager, en
         deadline = time.monotonic() + 20
         while not warnings and time.monotonic() < deadline:
             time.sleep(0.5)
-            warnings = Reconciler(runtime, settings, plugins).run_pass([], dry_run=True).warnings
+            warnings = Reconciler(ContainerBackend(runtime), settings, plugins).run_pass(
+                [], dry_run=True).warnings
         assert len(warnings) == 1, warnings
         assert f"connector loop-1 ({looping}) is restarting in a loop" in warnings[0]
     finally:
@@ -463,7 +678,8 @@ def test_concurrent_passes_without_the_lock_still_converge(engine, bench, manage
 
     settings = fleet_settings
     connectors = parse_connectors(_fleet(bench, ids), "test")
-    reconcilers = [Reconciler(connect(settings), settings, plugins, stop_timeout=1) for _ in range(2)]
+    reconcilers = [Reconciler(ContainerBackend(connect(settings)), settings, plugins,
+                              stop_timeout=1) for _ in range(2)]
     planned = [r.plan(connectors)[0] for r in reconcilers]  # both plan from the same empty list
     assert [{s.action for s in p} for p in planned] == [{"deploy"}, {"deploy"}]
     barrier = threading.Barrier(2)
@@ -506,12 +722,14 @@ def test_a_container_failing_to_start_on_consecutive_passes_is_recreated(
     wedged = runtime.create(with_fields(spec, command=("/no/such/binary",)))
     failures: dict[str, int] = {}
     for attempt in (1, 2):
-        result = Reconciler(runtime, settings, plugins, start_failures=failures).run_pass([connector])
+        result = Reconciler(ContainerBackend(runtime), settings, plugins,
+                            start_failures=failures).run_pass([connector])
         (step,) = result.steps
         assert (step.action, step.result) == ("start", "failed")
         assert step.to_dict()["failed_starts"] == attempt and failures == {wedged.id: attempt}
     assert "the next pass recreates it" in step.reason
-    result = Reconciler(runtime, settings, plugins, start_failures=failures).run_pass([connector])
+    result = Reconciler(ContainerBackend(runtime), settings, plugins,
+                            start_failures=failures).run_pass([connector])
     (step,) = result.steps
     assert (step.action, step.result) == ("recreate", "ok")
     assert step.to_dict()["reason"].startswith("it failed to start on 2 consecutive passes")

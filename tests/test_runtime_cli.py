@@ -41,6 +41,97 @@ def cli_env(engine: str, bench: Any, manager: str,
 # --- no engine needed -------------------------------------------------------------------------
 
 
+class ReplicatedMemory:
+    """An in-memory backend that reports replicas and a node, as an orchestrator does, and has
+    no single-host pull: what the commands must handle for swarm."""
+
+    capabilities = frozenset({"replicas"})
+
+    def __init__(self) -> None:
+        from composer_core.testing import InMemoryBackend
+
+        self._inner = InMemoryBackend("orchestra")
+        self.name, self.endpoint = "orchestra", "memory://orchestra"
+
+    def observe(self, labels: Any) -> Any:
+        from dataclasses import replace
+
+        return [replace(o, replicas_wanted=1, replicas_running=1 if o.state == "started" else 0,
+                        detail=f"{o.status} on n2")
+                for o in self._inner.observe(labels)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@pytest.fixture
+def memory_backend(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The commands' backend is an in-memory one (no engine), whatever the settings select."""
+    from composer_core.engine import select
+
+    monkeypatch.setenv("MANAGER__ID", "m-cli")
+    holder: dict[str, Any] = {}
+
+    def connect(settings: Any, plugins: Any, override: str | None = None) -> Any:
+        return holder["backend"]
+
+    monkeypatch.setattr(select, "connect_runtime", connect)
+    return holder
+
+
+def test_workload_commands_go_through_the_backend_contract(run_cli: Run, memory_backend: Any) -> None:
+    """deploy, ps, logs, stop, start and rm on a backend that is not a container engine: the
+    commands need only the contract (and show replicas and the node where the backend has them)."""
+    backend = memory_backend["backend"] = ReplicatedMemory()
+    code, out, err = run_cli(["deploy", "docker.io/library/busybox:1.36", "--name", "orch-one",
+                              "--env", "XTM_CONTRACT_OUTPUT=hello\nworld", "--json"])
+    assert code == 0, err
+    created = json.loads(out)
+    assert (created["action"], created["status"], created["state"]) == ("created", "running", "started")
+    assert created["runtime"] == "orchestra" and created["source"] == "anonymous"
+    assert set(created) >= {"runtime", "action", "name", "id", "image", "resolved", "status",
+                            "config_hash", "source"}
+    code, out, _ = run_cli(["deploy", "docker.io/library/busybox:1.36", "--name", "orch-one",
+                            "--env", "XTM_CONTRACT_OUTPUT=hello\nworld", "--json"])
+    assert json.loads(out)["action"] == "unchanged"
+    code, out, _ = run_cli(["ps", "--json"])
+    (listed,) = json.loads(out)["containers"]
+    assert (listed["name"], listed["status"], listed["state"]) == ("orch-one", "running", "started")
+    assert (listed["replicas_wanted"], listed["replicas_running"]) == (1, 1)
+    assert listed["detail"] == "running on n2" and listed["error"] is None
+    code, out, _ = run_cli(["ps"])
+    assert "REPLICAS" in out and "1/1" in out and "running on n2" in out
+    code, out, _ = run_cli(["logs", "orch-one", "--tail", "1"])
+    assert out.splitlines() == ["world"]
+    assert run_cli(["stop", "orch-one"])[0] == 0
+    code, out, _ = run_cli(["ps", "--json"])
+    assert json.loads(out)["containers"][0]["replicas_running"] == 0
+    assert run_cli(["start", "orch-one"])[0] == 0
+    code, _, err = run_cli(["rm", "orch-one"])
+    assert code == 12 and "stop it first" in err
+    assert run_cli(["rm", "--force", "orch-one"])[0] == 0
+    assert backend.runtime.containers == {}
+    code, _, err = run_cli(["pull", "docker.io/library/busybox:1.36"])
+    assert code == 2 and "`pull` needs a single container engine" in err
+
+
+def test_single_name_commands_refuse_others_workloads_on_any_backend(run_cli: Run,
+                                                                     memory_backend: Any) -> None:
+    from composer_core.testing import InMemoryBackend
+
+    backend = memory_backend["backend"] = InMemoryBackend()
+    backend.add_unmanaged("theirs")
+    for command in (["logs"], ["stop"], ["start"], ["rm", "--force"]):
+        code, _, err = run_cli([*command, "theirs"])
+        assert code == 13 and "not managed by this manager" in err
+    code, _, err = run_cli(["deploy", "docker.io/library/busybox:1.36", "--name", "theirs"])
+    assert code == 12 and "is not managed by this manager" in err
+    assert backend.requests["pull"] == 0  # refused before any pull
+    assert [c.name for c in backend.runtime.containers.values()] == ["theirs"]
+    code, _, err = run_cli(["logs", "nobody"])
+    assert code == 13 and "no container named 'nobody'" in err
+
+
 @pytest.mark.parametrize("args", [["deploy", "--help"], ["ps", "--help"], ["pull", "--help"]])
 def test_container_commands_help_imports_no_engine_sdk(args: list[str], tmp_path: Path) -> None:
     code = ("import sys\nfrom composer_core.cli import main\n"

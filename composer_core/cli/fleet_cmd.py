@@ -1,4 +1,7 @@
-"""``xtm-composer apply`` and ``run``: keep a fleet of connectors aligned with a connectors file."""
+"""``xtm-composer apply`` and ``run``: keep a fleet of connectors aligned with a connectors file.
+
+Both drive the selected backend through the workload contract
+(:class:`~composer_core.workload.Backend`), one observation per pass."""
 
 from __future__ import annotations
 
@@ -59,19 +62,19 @@ def apply_command(path: str, dry_run: bool, stop_timeout: int, as_json: bool) ->
 
     app = get_app()
     connectors = load_connectors(path)  # the whole file is valid before any engine call
-    runtime = connect_runtime(app.settings, app.plugins, app.runtime_override)
+    backend = connect_runtime(app.settings, app.plugins, app.runtime_override)
     try:
-        lock = PassLock(manager_id(app.settings), runtime.endpoint)
+        lock = PassLock(manager_id(app.settings), backend.endpoint)
         if dry_run:  # reads only: no need to wait for another pass
-            result = Reconciler(runtime, app.settings, app.plugins, stop_timeout=stop_timeout,
+            result = Reconciler(backend, app.settings, app.plugins, stop_timeout=stop_timeout,
                                 start_failures=lock.load_state()).run_pass(connectors,
                                                                            dry_run=True)
         else:
             with lock:
-                result = Reconciler(runtime, app.settings, app.plugins, stop_timeout=stop_timeout,
+                result = Reconciler(backend, app.settings, app.plugins, stop_timeout=stop_timeout,
                                     start_failures=lock.start_failures).run_pass(connectors)
     finally:
-        runtime.close()
+        backend.close()
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -155,18 +158,18 @@ def run_command(path: str, stop_timeout: int) -> None:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    runtime = None
+    backend = None
     log.info("run: %d connectors from %s, a pass every %gs", len(watch.connectors), path, schedule)
     try:
         while not stop.is_set():
             watch.refresh()
             try:
-                if runtime is None:
-                    runtime = connect_runtime(app.settings, app.plugins, app.runtime_override)
+                if backend is None:
+                    backend = connect_runtime(app.settings, app.plugins, app.runtime_override)
                 # the lock is held for one pass only: an operator's apply goes between two passes
-                with PassLock(manager_id(app.settings), runtime.endpoint,
+                with PassLock(manager_id(app.settings), backend.endpoint,
                               stop_event=stop) as lock:
-                    reconciler = Reconciler(runtime, app.settings, app.plugins, stop_event=stop,
+                    reconciler = Reconciler(backend, app.settings, app.plugins, stop_event=stop,
                                             stop_timeout=stop_timeout,
                                             start_failures=lock.start_failures)
                     result = reconciler.run_pass(watch.connectors)
@@ -177,16 +180,16 @@ def run_command(path: str, stop_timeout: int) -> None:
                     break
                 message = exc.message if isinstance(exc, ComposerError) else f"{type(exc).__name__}: {exc}"
                 log.error("pass failed, retrying in %gs: %s", schedule, redact.scrub(message))
-                if runtime is not None:
+                if backend is not None:
                     try:
-                        runtime.close()
+                        backend.close()
                     except Exception:  # noqa: BLE001
                         pass
-                    runtime = None
+                    backend = None
             pause(stop, schedule)
     finally:
-        if runtime is not None:
-            runtime.close()
+        if backend is not None:
+            backend.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("run: stopped")

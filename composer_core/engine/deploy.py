@@ -1,6 +1,9 @@
 """The deploy flow: image -> credentials -> pull with exactly that credential -> create -> start.
 
-:class:`Deployer` is what the CLI (and any loop deploying many connectors) uses:
+:class:`ContainerDeployer` is the container-level flow for inputs already resolved (what
+:class:`~composer_core.engine.container_backend.ContainerBackend` drives with a workload's
+credential and TLS decision); :class:`Deployer` adds the resolution and is what a single container
+deploy (``pull``, tests) uses:
 
 1. resolve the image (the resolvers of ``images.resolvers``);
 2. resolve its credentials (the providers of ``auth.chain``): one credential, or anonymous;
@@ -28,6 +31,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -42,10 +46,11 @@ from composer_core.engine.labels import (
     LABEL_MANAGER,
     is_managed,
     manager_id,
+    name_taken,
 )
 from composer_core.engine.progress import ProgressFactory, no_progress
 from composer_core.engine.spec import NAME_RULE, env_key_problem, env_value_problem, name_problem
-from composer_core.engine.tls import tls_decision
+from composer_core.engine.tls import TlsDecision, tls_decision
 from composer_core.errors import (
     AuthenticationRequired,
     ComposerError,
@@ -61,7 +66,7 @@ from composer_core.errors import (
 from composer_core.images.resolve import resolve_image
 from composer_core.pluginmanager import Plugins
 from composer_core.settings import Settings
-from composer_core.types import ContainerInfo, ContainerSpec, ResolvedImage, Runtime
+from composer_core.types import ContainerInfo, ContainerSpec, PullProgress, ResolvedImage, Runtime
 
 log = logging.getLogger("xtm_composer.deploy")
 
@@ -253,103 +258,81 @@ def is_current(container: ContainerInfo, spec: ContainerSpec) -> bool:
     return all(container.labels.get(key) == value for key, value in spec.labels.items())
 
 
-class Deployer:
-    """Deploys containers onto one connected runtime with one set of settings.
+class ContainerDeployer:
+    """The container-level flow on one connected runtime, for inputs already resolved: pull with
+    the one credential given, create, replace with rollback, recreate. No settings, no plugins:
+    :class:`~composer_core.engine.container_backend.ContainerBackend` drives it with what a
+    :class:`~composer_core.workload.Workload` carries; :class:`Deployer` adds the resolution.
 
-    A deployer pulls each resolved image at most once (a pass deploying twenty connectors of the
-    same image pulls it once); create a new one to pull again.
-
-    :meth:`deploy` is the whole decision for one container named by the user (the CLI): resolve,
-    look at the engine, then create, replace, start or nothing. :meth:`put` is what a caller that
-    already knows the engine's state hands over (the fleet: its plan holds the resolved image, the
-    spec and the current container): create ``spec``, or replace the current container with it.
+    Each resolved image is pulled at most once per deployer (a pass deploying twenty connectors
+    of the same image pulls it once, even from parallel threads); create a new one to pull again.
     """
 
-    def __init__(self, runtime: Runtime, settings: Settings, plugins: Plugins, *,
-                 progress: ProgressFactory | None = None, environ: Mapping[str, str] | None = None,
+    def __init__(self, runtime: Runtime, manager: str, *, progress: ProgressFactory | None = None,
                  stop_timeout: int = 10) -> None:
         self.runtime = runtime
-        self.settings = settings
-        self.plugins = plugins
+        self.manager = manager
         self.progress = progress or no_progress
-        self.environ = environ
         self.stop_timeout = stop_timeout
-        self.manager = manager_id(settings)
         self._pulled: dict[str, PullResult] = {}
+        self._pull_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
 
     # --- pull -------------------------------------------------------------------------------
 
-    def pull(self, image: str | ResolvedImage, *, quiet: bool = False) -> PullResult:
-        """Pull ``image`` (text, or already resolved). ``quiet``: the "Pulling image" line at
-        debug level (a fleet pass pulls ahead of its deployments, which log their own line)."""
-        resolved = image if isinstance(image, ResolvedImage) else resolve_image(
-            image, self.settings, self.plugins)
-        level = logging.DEBUG if quiet else logging.INFO
-        reference = resolved.ref.normalized()
-        if reference not in self._pulled:
-            log.log(level, "Pulling image - Registry: %s, Original image: %s, Pulling: %s",
-                    resolved.ref.registry, resolved.input, resolved.pull_name)
-        return self._pull(resolved)
+    def _inputs(self, resolved: ResolvedImage) -> tuple[Resolution, TlsDecision]:
+        """The credential and TLS decision for ``resolved`` when the caller gave none."""
+        raise UsageError(f"no credential resolution was given for {resolved.ref.normalized()}",
+                         hint="this is a bug of the caller: hand the workload's resolution over")
 
-    def _pull(self, resolved: ResolvedImage) -> PullResult:
+    def _pull(self, resolved: ResolvedImage, resolution: Resolution | None = None,
+              tls: TlsDecision | None = None,
+              progress: Callable[[PullProgress], None] | None = None) -> PullResult:
         reference = resolved.ref.normalized()
-        if reference in self._pulled:
-            log.debug("%s already pulled by this deployer", reference)
-            return self._pulled[reference]
-        resolution = resolve_credentials(resolved, self.settings, self.plugins, self.environ)
+        with self._locks_lock:
+            lock = self._pull_locks.setdefault(reference, threading.Lock())
+        with lock:  # parallel deployments of one image: one pull, the others wait for it
+            if reference in self._pulled:
+                log.debug("%s already pulled by this deployer", reference)
+                return self._pulled[reference]
+            if resolution is None or tls is None:
+                resolution, tls = self._inputs(resolved)
+            result = self._pull_with(resolved, resolution, tls, progress)
+            self._pulled[reference] = result
+            return result
+
+    def _pull_with(self, resolved: ResolvedImage, resolution: Resolution, tls: TlsDecision,
+                   progress: Callable[[PullProgress], None] | None) -> PullResult:
         creds = resolution.credentials
         log.debug("Pull credentials - Source: %s, Key: %s, User: %s", creds.source,
                   creds.key, creds.username)
-        tls = tls_decision(self.settings, resolution.registry)
         try:
-            with self.progress(resolved.pull_name) as callback:
-                image_id = self.runtime.pull(resolved.ref, creds, tls=tls, progress=callback)
+            if progress is not None:
+                image_id = self.runtime.pull(resolved.ref, creds, tls=tls, progress=progress)
+            else:
+                with self.progress(resolved.pull_name) as callback:
+                    image_id = self.runtime.pull(resolved.ref, creds, tls=tls, progress=callback)
         except RegistryError as exc:
-            if isinstance(exc, CredentialsRejected):
-                forget_rejected(resolution, self.plugins)
             raise explain_pull_failure(exc, resolution, self.runtime.name) from None
-        result = PullResult(resolved, resolution, self.runtime.name, image_id)
-        self._pulled[reference] = result
-        return result
-
-    # --- deploy -----------------------------------------------------------------------------
-
-    def deploy(self, image: str, name: str, env: Mapping[str, str] | None = None, *,
-               connector_id: str | None = None, command: Sequence[str] | None = None,
-               start: bool = True) -> DeployResult:
-        """Deploy ``image`` as container ``name``; ``start=False`` leaves a new or replacing
-        container created but stopped (a connector whose requested status is stopped)."""
-        name = validate_name(name)
-        env = validate_env(env or {})
-        resolved = resolve_image(image, self.settings, self.plugins)
-        spec = container_spec(resolved, name, env, manager=self.manager,
-                              connector_id=connector_id or name, command=command)
-        existing = self.runtime.inspect(name)
-        if existing is not None and not is_managed(existing, self.manager):
-            raise self._not_ours(name)
-        if existing is not None and is_current(existing, spec):
-            return self._unchanged(existing, resolved, spec.labels[LABEL_HASH], start)
-        result = self.put(resolved, spec, existing, start=start)
-        if result.action == "unchanged":
-            return result
-        info = self.runtime.inspect(name)
-        if info is None:
-            raise ContainerError(f"container {name!r} vanished right after it was started")
-        return replace(result, container=info)
+        return PullResult(resolved, resolution, self.runtime.name, image_id)
 
     def put(self, resolved: ResolvedImage, spec: ContainerSpec, existing: ContainerInfo | None, *,
-            start: bool = True) -> DeployResult:
+            start: bool = True, resolution: Resolution | None = None,
+            tls: TlsDecision | None = None,
+            progress: Callable[[PullProgress], None] | None = None) -> DeployResult:
         """Create ``spec`` (``existing`` is ``None``: the name is free as far as the caller knows)
         or replace ``existing`` with it (the caller has decided that it is not current).
 
-        Pulls (once per deployer), then creates and, unless ``start`` is false, starts. The
-        result's container is built from what the engine answered, without another inspect.
+        Pulls (once per deployer; with ``resolution`` and ``tls`` when given, else as
+        :meth:`_inputs` resolves them; ``progress``: the pull's callback instead of the deployer's
+        progress factory), then creates and, unless ``start`` is false, starts. The result's
+        container is built from what the engine answered, without another inspect.
         """
         digest = spec.labels[LABEL_HASH]
         # the seed's troubleshooting line, for every deployment whichever path it takes
         log.info("Deploying container - Registry: %s, Original image: %s, Pulling: %s",
                  resolved.ref.registry, resolved.input, resolved.pull_name)
-        pulled = self._pull(resolved)
+        pulled = self._pull(resolved, resolution, tls, progress)
         log.debug("Container %s - env keys: %s", spec.name, ", ".join(sorted(spec.env)) or "(none)")
         if existing is None:
             try:
@@ -371,23 +354,22 @@ class Deployer:
         return DeployResult(action, info, resolved, self.runtime.name, digest, pulled)
 
     def recreate(self, resolved: ResolvedImage, spec: ContainerSpec, wedged: ContainerInfo, *,
-                 start: bool = True) -> DeployResult:
+                 start: bool = True, resolution: Resolution | None = None,
+                 tls: TlsDecision | None = None) -> DeployResult:
         """Remove ``wedged`` (a container that keeps failing to start) and create ``spec`` anew.
 
         Not a replacement: a wedged container is not running, so there is nothing to keep up, and
         an engine that cannot start it may not rename it either."""
         log.warning("Container %s failed to start on consecutive passes: recreating it",
                     spec.name)
-        self._pull(resolved)  # before the old one goes: a pull failure leaves it as it is
+        # before the old one goes: a pull failure leaves it as it is
+        self._pull(resolved, resolution, tls)
         self.runtime.remove(wedged.id, force=True)
-        result = self.put(resolved, spec, None, start=start)
+        result = self.put(resolved, spec, None, start=start, resolution=resolution, tls=tls)
         return result
 
     def _not_ours(self, name: str) -> ContainerError:
-        return ContainerError(
-            f"a container named {name!r} exists on {self.runtime.name} and is not managed by "
-            f"this manager ({LABEL_MANAGER}={self.manager}): it is left alone",
-            hint="choose another name, or remove that container yourself")
+        return name_taken(name, self.runtime.name, self.manager)
 
     def _deployed_meanwhile(self, spec: ContainerSpec, error: ContainerError) -> ContainerInfo | None:
         """After a failed create: the container another pass made under this name with exactly
@@ -487,6 +469,74 @@ class Deployer:
                  lambda: runtime.remove(old.id, force=True))
         return replace(created, name=spec.name, status="running" if start else "created")
 
+
+class Deployer(ContainerDeployer):
+    """Deploys containers onto one connected runtime with one set of settings: the flow of
+    :class:`ContainerDeployer`, resolving images and credentials itself (the chain of the
+    settings, the plugins' resolvers and providers).
+
+    :meth:`deploy` is the whole decision for one container named by the caller: resolve, look at
+    the engine, then create, replace, start or nothing. :meth:`put` is what a caller that already
+    knows the engine's state hands over: create ``spec``, or replace the current container.
+    """
+
+    def __init__(self, runtime: Runtime, settings: Settings, plugins: Plugins, *,
+                 progress: ProgressFactory | None = None, environ: Mapping[str, str] | None = None,
+                 stop_timeout: int = 10) -> None:
+        super().__init__(runtime, manager_id(settings), progress=progress,
+                         stop_timeout=stop_timeout)
+        self.settings = settings
+        self.plugins = plugins
+        self.environ = environ
+
+    def _inputs(self, resolved: ResolvedImage) -> tuple[Resolution, TlsDecision]:
+        resolution = resolve_credentials(resolved, self.settings, self.plugins, self.environ)
+        return resolution, tls_decision(self.settings, resolution.registry)
+
+    def _pull_with(self, resolved: ResolvedImage, resolution: Resolution, tls: TlsDecision,
+                   progress: Callable[[PullProgress], None] | None) -> PullResult:
+        try:
+            return super()._pull_with(resolved, resolution, tls, progress)
+        except CredentialsRejected:
+            forget_rejected(resolution, self.plugins)
+            raise
+
+    def pull(self, image: str | ResolvedImage, *, quiet: bool = False) -> PullResult:
+        """Pull ``image`` (text, or already resolved). ``quiet``: the "Pulling image" line at
+        debug level."""
+        resolved = image if isinstance(image, ResolvedImage) else resolve_image(
+            image, self.settings, self.plugins)
+        level = logging.DEBUG if quiet else logging.INFO
+        reference = resolved.ref.normalized()
+        if reference not in self._pulled:
+            log.log(level, "Pulling image - Registry: %s, Original image: %s, Pulling: %s",
+                    resolved.ref.registry, resolved.input, resolved.pull_name)
+        return self._pull(resolved)
+
+    # --- deploy -----------------------------------------------------------------------------
+
+    def deploy(self, image: str, name: str, env: Mapping[str, str] | None = None, *,
+               connector_id: str | None = None, command: Sequence[str] | None = None,
+               start: bool = True) -> DeployResult:
+        """Deploy ``image`` as container ``name``; ``start=False`` leaves a new or replacing
+        container created but stopped (a connector whose requested status is stopped)."""
+        name = validate_name(name)
+        env = validate_env(env or {})
+        resolved = resolve_image(image, self.settings, self.plugins)
+        spec = container_spec(resolved, name, env, manager=self.manager,
+                              connector_id=connector_id or name, command=command)
+        existing = self.runtime.inspect(name)
+        if existing is not None and not is_managed(existing, self.manager):
+            raise self._not_ours(name)
+        if existing is not None and is_current(existing, spec):
+            return self._unchanged(existing, resolved, spec.labels[LABEL_HASH], start)
+        result = self.put(resolved, spec, existing, start=start)
+        if result.action == "unchanged":
+            return result
+        info = self.runtime.inspect(name)
+        if info is None:
+            raise ContainerError(f"container {name!r} vanished right after it was started")
+        return replace(result, container=info)
 
 def deploy(runtime: Runtime, settings: Settings, plugins: Plugins, image: str, name: str,
            env: Mapping[str, str] | None = None, **options: Any) -> DeployResult:

@@ -3,7 +3,9 @@ keep xtm-composer away from containers it does not manage."""
 
 from __future__ import annotations
 
-from composer_core.errors import ContainerNotFound
+from collections.abc import Mapping
+
+from composer_core.errors import ContainerError, ContainerNotFound
 from composer_core.settings import Settings
 from composer_core.types import ContainerInfo, Runtime
 
@@ -31,10 +33,23 @@ def managed_container(runtime: Runtime, name: str, manager: str) -> ContainerInf
         raise ContainerNotFound(f"no container named {name!r} on {runtime.name}",
                                 hint="`xtm-composer ps` lists the containers of this manager")
     if not is_managed(info, manager):
-        owner = info.labels.get(LABEL_MANAGER)
-        whose = f"manager {owner!r}" if owner else "no xtm-composer manager"
-        raise ContainerNotFound(
-            f"container {name!r} on {runtime.name} is not managed by this manager "
-            f"({LABEL_MANAGER}={manager}); it belongs to {whose}, so it is left alone",
-            hint="xtm-composer only touches containers labelled with its manager.id")
+        raise not_managed(name, runtime.name, info.labels, manager)
     return info
+
+
+def not_managed(name: str, where: str, labels: Mapping[str, str], manager: str) -> ContainerNotFound:
+    """The refusal of a single-name command to act on a container of someone else."""
+    owner = labels.get(LABEL_MANAGER)
+    whose = f"manager {owner!r}" if owner else "no xtm-composer manager"
+    return ContainerNotFound(
+        f"container {name!r} on {where} is not managed by this manager "
+        f"({LABEL_MANAGER}={manager}); it belongs to {whose}, so it is left alone",
+        hint="xtm-composer only touches containers labelled with its manager.id")
+
+
+def name_taken(name: str, where: str, manager: str) -> ContainerError:
+    """The refusal of a deploy whose name is taken by a container of someone else."""
+    return ContainerError(
+        f"a container named {name!r} exists on {where} and is not managed by "
+        f"this manager ({LABEL_MANAGER}={manager}): it is left alone",
+        hint="choose another name, or remove that container yourself")

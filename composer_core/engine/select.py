@@ -1,7 +1,9 @@
 """Choosing and connecting the container engine.
 
 :func:`connect_runtime` turns ``--runtime`` / ``opencti.daemon.selector`` into a connected
-:class:`~composer_core.types.Runtime`: a named backend, or ``auto``, which tries the backends named
+:class:`~composer_core.workload.Backend` (docker and podman: a
+:class:`~composer_core.engine.container_backend.ContainerBackend` over their container-level
+runtime; an orchestrator: its own): a named backend, or ``auto``, which tries the backends named
 in ``opencti.daemon.auto_order`` (default ``[docker, podman]``) in that order and uses the first
 that answers (and says which). A third-party engine takes part in ``auto`` by being named there.
 """
@@ -14,7 +16,7 @@ from composer_core.errors import ComposerError, RuntimeUnavailable, SettingsErro
 from composer_core.images.resolve import ordered
 from composer_core.pluginmanager import Plugins
 from composer_core.settings import Settings
-from composer_core.types import Runtime
+from composer_core.workload import Backend
 
 log = logging.getLogger("xtm_composer.runtime")
 
@@ -28,8 +30,8 @@ def selected_name(settings: Settings, override: str | None = None) -> str:
     return (override or str(settings.get(SELECTOR) or AUTO)).strip()
 
 
-def connect_runtime(settings: Settings, plugins: Plugins, override: str | None = None) -> Runtime:
-    """Connect the engine named by ``override`` (``--runtime``) or the selector setting."""
+def connect_runtime(settings: Settings, plugins: Plugins, override: str | None = None) -> Backend:
+    """Connect the backend named by ``override`` (``--runtime``) or the selector setting."""
     name = selected_name(settings, override)
     backends = plugins.runtime_backends()
     if name != AUTO:

@@ -1,54 +1,67 @@
 """Keeping a fleet aligned: one reconciliation pass from a connectors file.
 
-A pass is:
+The fleet drives its backend only through the workload contract
+(:class:`~composer_core.workload.Backend`), so a pass is the same on a single host and on an
+orchestrator. A pass is:
 
-1. **one** engine list call for the containers labelled with this manager's ``manager.id``;
-2. a plan computed without the engine: per connector ``deploy`` (no container), ``replace`` (the
-   config hash of resolved image + env changed, or the name did), ``start`` / ``stop`` (status),
-   ``recreate`` (a container that failed to start on consecutive passes), ``nothing``; and
-   ``remove`` for managed containers whose connector left the file, or stale ones of a connector
-   (containers without our label are never touched);
-3. the pulls, each distinct image once, then the actions, at most ``manager.max_parallel`` at a
-   time: the orphans' removals first (a new id may reuse a name), then the connectors' actions,
-   then the stale containers' removals (a connector's old container goes after its new one runs).
+1. **one** :meth:`~composer_core.workload.Backend.observe` for the workloads labelled with this
+   manager's ``manager.id``;
+2. a plan computed without the engine (:func:`plan`, over what was observed): per connector
+   ``deploy`` (no workload), ``replace`` (the config hash of resolved image + env changed, or the
+   name did), ``start`` / ``stop`` (status), ``recreate`` (a workload that failed to start on
+   consecutive passes), ``nothing``; and ``remove`` for managed workloads whose connector left the
+   file, or stale ones of a connector (workloads without our label are never touched);
+3. the credentials of each distinct image, resolved once, then the actions, at most
+   ``manager.max_parallel`` at a time: the orphans' removals first (a new id may reuse a name),
+   then the connectors' actions (:meth:`~Backend.apply`, :meth:`~Backend.set_state`), then the
+   stale workloads' removals (a connector's old workload goes after its new one runs).
 
-The plan hands the deployer what it already holds (the resolved image, the container spec, the
-current container): the deployer never inspects again what the list call told.
+The plan hands the backend what the observation told (the current workload): nothing is looked
+at again. Restart loops are reported from what was observed (restart count, start time, state),
+and so are the typed failures a backend observed (``Observed.error``), as warnings.
 
 A failed action never stops the others; the pass reports every result. A steady state (nothing to
-do) costs exactly the one list call, whatever the size of the fleet.
+do) costs exactly the one observation, whatever the size of the fleet.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from composer_core import redact
-from composer_core.engine.deploy import Deployer, container_spec, is_current
-from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_MANAGER, manager_id
+from composer_core.auth.chain import Resolution
+from composer_core.engine.deploy import container_spec
+from composer_core.engine.labels import LABEL_MANAGER, manager_id
+from composer_core.engine.tls import TlsDecision
+from composer_core.engine.workloads import (
+    apply_workload,
+    credentials_for,
+    is_current,
+    is_running,
+    set_stop_timeout,
+    workload_of,
+)
 from composer_core.errors import ComposerError
 from composer_core.fleet.connectors import Connector
 from composer_core.images.resolve import resolve_image
 from composer_core.pluginmanager import Plugins
 from composer_core.settings import Settings
 from composer_core.timestamps import seconds_since
-from composer_core.types import ContainerInfo, ContainerSpec, ResolvedImage, Runtime
+from composer_core.types import ContainerSpec, ResolvedImage
+from composer_core.workload import Backend, Observed, Workload
 
 log = logging.getLogger("xtm_composer.fleet")
 
 PlannedAction = Literal["deploy", "replace", "start", "stop", "recreate", "remove", "nothing"]
 StepResult = Literal["ok", "failed", "planned", "cancelled"]
-RUNNING = ("running", "restarting")
 # XTM Composer's definition of a connector restarting in a loop
 LOOP_RESTARTS = 3
 LOOP_UPTIME_SECONDS = 300
-# a container started this long after its creation was started again (by the engine or a user)
-RESTARTED_AFTER_SECONDS = 2
 #: a container whose start failed on this many consecutive passes is recreated, not started again
 RECREATE_AFTER_FAILED_STARTS = 2
 
@@ -62,10 +75,12 @@ class PlannedStep:
     action: PlannedAction
     reason: str
     connector: Connector | None = None
-    container: ContainerInfo | None = None
+    #: the workload as the pass observed it (None: there is none)
+    container: Observed | None = None
     resolved: ResolvedImage | None = None
+    #: the name, env, command and labels (with the config hash) the connector wants
     spec: ContainerSpec | None = None
-    #: a container of a connector in the file, but not the one under its name: removed last
+    #: a workload of a connector in the file, but not the one under its name: removed last
     stale: bool = False
     result: StepResult = "planned"
     error: ComposerError | None = None
@@ -110,18 +125,19 @@ def as_composer_error(exc: BaseException) -> ComposerError:
 # --- plan ---------------------------------------------------------------------------------------
 
 
-def plan(connectors: Sequence[Connector], containers: Iterable[ContainerInfo], settings: Settings,
+def plan(connectors: Sequence[Connector], containers: Iterable[Observed], settings: Settings,
          plugins: Plugins, start_failures: Mapping[str, int] | None = None) -> list[PlannedStep]:
-    """The actions that align ``containers`` (this manager's) with ``connectors``. No engine call.
+    """The actions that align ``containers`` (this manager's workloads, as a backend observed
+    them) with ``connectors``. No engine call, no credential lookup.
 
-    ``start_failures``: consecutive failed starts per container id, as earlier passes counted."""
+    ``start_failures``: consecutive failed starts per workload id, as earlier passes counted."""
     start_failures = start_failures or {}
     manager = manager_id(settings)
-    by_id: dict[str, list[ContainerInfo]] = {}
-    orphans: list[ContainerInfo] = []
+    by_id: dict[str, list[Observed]] = {}
+    orphans: list[Observed] = []
     wanted = {c.id for c in connectors}
     for info in containers:
-        cid = info.labels.get(LABEL_CONNECTOR)
+        cid = info.connector_id
         if cid in wanted:
             by_id.setdefault(cid, []).append(info)
         else:
@@ -145,9 +161,9 @@ def plan(connectors: Sequence[Connector], containers: Iterable[ContainerInfo], s
                            current, resolved, spec)
         if current is None:
             step.action, step.reason = "deploy", "no container yet"
-        elif not is_current(current, spec):
+        elif not is_current(current, spec.labels):
             step.action, step.reason = "replace", "image or env changed (config hash differs)"
-        elif connector.status == "started" and current.status not in RUNNING:
+        elif connector.status == "started" and not is_running(current):
             failed = start_failures.get(current.id, 0)
             if failed >= RECREATE_AFTER_FAILED_STARTS:
                 step.action = "recreate"
@@ -156,11 +172,11 @@ def plan(connectors: Sequence[Connector], containers: Iterable[ContainerInfo], s
             else:
                 step.action = "start"
                 step.reason = f"status is started, container is {current.status}"
-        elif connector.status == "stopped" and current.status in RUNNING:
+        elif connector.status == "stopped" and is_running(current):
             step.action, step.reason = "stop", f"status is stopped, container is {current.status}"
         steps.append(step)
     for orphan in orphans:
-        cid = orphan.labels.get(LABEL_CONNECTOR) or "?"
+        cid = orphan.connector_id or "?"
         steps.append(PlannedStep(cid, orphan.name, "remove", "its connector is not in the file",
                                  container=orphan))
     return steps
@@ -170,42 +186,43 @@ def plan(connectors: Sequence[Connector], containers: Iterable[ContainerInfo], s
 
 
 class Reconciler:
-    """Runs passes on one connected runtime. ``stop_event`` set: in-flight actions finish, no new
-    one starts (SIGTERM / SIGINT in ``run``). ``start_failures`` (container id -> consecutive
-    failed starts) is what consecutive passes remember; the CLI keeps it beside the pass lock."""
+    """Runs passes on one connected backend. ``stop_event`` set: in-flight actions finish, no new
+    one starts (SIGTERM / SIGINT in ``run``). ``start_failures`` (workload id -> consecutive
+    failed starts) is what consecutive passes remember; the CLI keeps it beside the pass lock.
+    ``environ``: the environment the credential providers read (default: the process's)."""
 
-    def __init__(self, runtime: Runtime, settings: Settings, plugins: Plugins, *,
+    def __init__(self, backend: Backend, settings: Settings, plugins: Plugins, *,
                  stop_event: threading.Event | None = None, stop_timeout: int = 10,
-                 deployer_factory: Callable[[], Deployer] | None = None,
-                 start_failures: MutableMapping[str, int] | None = None) -> None:
-        self.runtime = runtime
+                 start_failures: MutableMapping[str, int] | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.backend = backend
         self.settings = settings
         self.plugins = plugins
+        self.environ = environ
         self.manager = manager_id(settings)
         self.stop_event = stop_event or threading.Event()
         self.stop_timeout = stop_timeout
+        set_stop_timeout(backend, stop_timeout)
         self.max_parallel = int(settings.get("manager.max_parallel"))
         self.start_failures: MutableMapping[str, int] = (
             {} if start_failures is None else start_failures)
         self._failures_lock = threading.Lock()
-        self._deployer_factory = deployer_factory or (
-            lambda: Deployer(runtime, settings, plugins, stop_timeout=stop_timeout))
 
-    def containers(self) -> list[ContainerInfo]:
-        return self.runtime.list({LABEL_MANAGER: self.manager})
+    def observe(self) -> list[Observed]:
+        return self.backend.observe({LABEL_MANAGER: self.manager})
 
-    def plan(self, connectors: Sequence[Connector]) -> tuple[list[PlannedStep], list[ContainerInfo]]:
-        containers = self.containers()
-        # only containers that still exist are remembered
-        for gone in set(self.start_failures) - {c.id for c in containers}:
+    def plan(self, connectors: Sequence[Connector]) -> tuple[list[PlannedStep], list[Observed]]:
+        observed = self.observe()
+        # only workloads that still exist are remembered
+        for gone in set(self.start_failures) - {o.id for o in observed}:
             del self.start_failures[gone]
-        return plan(connectors, containers, self.settings, self.plugins,
-                    self.start_failures), containers
+        return plan(connectors, observed, self.settings, self.plugins,
+                    self.start_failures), observed
 
     def run_pass(self, connectors: Sequence[Connector], *, dry_run: bool = False) -> Pass:
-        steps, containers = self.plan(connectors)
-        result = Pass(steps, self.runtime.name)
-        result.warnings = self._restart_loops(containers)
+        steps, observed = self.plan(connectors)
+        result = Pass(steps, self.backend.name)
+        result.warnings = restart_loops(observed) + observed_failures(observed)
         if dry_run:
             return result
         todo = [s for s in steps if s.action != "nothing"]
@@ -214,12 +231,10 @@ class Reconciler:
                 step.result = "ok"
         if not todo:
             return result
-        deployer = self._deployer_factory()  # one per pass: each image is pulled once a pass
-        pull_errors = self._pull_all(deployer, [s for s in todo
-                                                if s.action in ("deploy", "replace", "recreate")])
+        workloads = self._workloads([s for s in todo if s.action in ("deploy", "replace", "recreate")])
         # Orphans' removals first: a connector whose id changed but whose name did not is an
         # orphan to remove *and* a deploy under the same name; in parallel they would race.
-        # Stale containers of a connector last: its old container goes once the new one runs.
+        # Stale workloads of a connector last: its old workload goes once the new one runs.
         for batch in ([s for s in todo if s.action == "remove" and not s.stale],
                       [s for s in todo if s.action != "remove"],
                       [s for s in todo if s.action == "remove" and s.stale]):
@@ -227,59 +242,82 @@ class Reconciler:
                 continue
             with ThreadPoolExecutor(max_workers=self.max_parallel,
                                     thread_name_prefix="xtm-apply") as pool:
-                list(pool.map(lambda s: self._execute(deployer, s, pull_errors), batch))
+                list(pool.map(lambda s: self._execute(s, workloads), batch))
         return result
 
-    def _pull_all(self, deployer: Deployer, steps: list[PlannedStep]) -> dict[str, ComposerError]:
+    def _workloads(self, steps: list[PlannedStep]) -> dict[int, Workload | ComposerError]:
+        """The workload of each step to apply (by ``id(step)``), or the error that prevents it:
+        the credential chain is asked once per distinct image, in parallel."""
+        resolutions: dict[str, tuple[Resolution, TlsDecision] | ComposerError] = {}
         images: dict[str, ResolvedImage] = {}
         for step in steps:
             assert step.resolved is not None
             images.setdefault(step.resolved.ref.normalized(), step.resolved)
-        errors: dict[str, ComposerError] = {}
 
-        def pull(item: tuple[str, ResolvedImage]) -> None:
+        def resolve(item: tuple[str, ResolvedImage]) -> None:
             reference, resolved = item
             if self.stop_event.is_set():
                 return
             try:
-                deployer.pull(resolved, quiet=True)
+                resolutions[reference] = credentials_for(resolved, self.settings, self.plugins,
+                                                         self.environ)
             except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the pass
-                errors[reference] = as_composer_error(exc)
-                log.error("pulling %s failed: %s", reference, redact.scrub(errors[reference].message))
+                error = as_composer_error(exc)
+                resolutions[reference] = error
+                log.error("credentials for %s: %s", reference, redact.scrub(error.message))
 
         with ThreadPoolExecutor(max_workers=self.max_parallel,
-                                thread_name_prefix="xtm-pull") as pool:
-            list(pool.map(pull, images.items()))
-        return errors
+                                thread_name_prefix="xtm-credentials") as pool:
+            list(pool.map(resolve, images.items()))
+        workloads: dict[int, Workload | ComposerError] = {}
+        for step in steps:
+            assert step.resolved is not None and step.spec is not None
+            assert step.connector is not None
+            found = resolutions.get(step.resolved.ref.normalized())
+            if found is None:  # stopped before it was resolved
+                continue
+            if isinstance(found, ComposerError):
+                workloads[id(step)] = found
+                continue
+            resolution, tls = found
+            workloads[id(step)] = workload_of(step.resolved, step.spec,
+                                              connector_id=step.connector.id,
+                                              state=step.connector.status,
+                                              resolution=resolution, tls=tls)
+        return workloads
 
-    def _execute(self, deployer: Deployer, step: PlannedStep,
-                 pull_errors: dict[str, ComposerError]) -> None:
+    def _execute(self, step: PlannedStep, workloads: dict[int, Workload | ComposerError]) -> None:
         if self.stop_event.is_set():
             step.result = "cancelled"
             return
+        backend = self.backend
         try:
             if step.action in ("deploy", "replace", "recreate"):
-                assert step.connector is not None and step.resolved is not None
-                assert step.spec is not None
-                error = pull_errors.get(step.resolved.ref.normalized())
-                if error is not None:
-                    raise error
-                start = step.connector.status == "started"
+                workload = workloads.get(id(step))
+                if workload is None:
+                    step.result = "cancelled"
+                    return
+                if isinstance(workload, ComposerError):
+                    raise workload
                 if step.action == "recreate":
                     assert step.container is not None
-                    deployer.recreate(step.resolved, step.spec, step.container, start=start)
+                    log.warning("Container %s failed to start on consecutive passes: recreating "
+                                "it", step.name)
+                    backend.remove(step.container)
+                    apply_workload(backend, workload, None, self.plugins)
                     self._forget_failures(step.container.id)
                 else:
                     current = step.container if step.action == "replace" else None
-                    deployer.put(step.resolved, step.spec, current, start=start)
+                    apply_workload(backend, workload, current, self.plugins)
             elif step.action == "start":
                 assert step.container is not None
                 self._start(step, step.container)
             elif step.action == "stop":
-                self.runtime.stop(step.name, timeout=self.stop_timeout)
+                assert step.container is not None
+                backend.set_state(step.container, "stopped")
             elif step.action == "remove":
                 assert step.container is not None
-                self.runtime.remove(step.container.id, force=True)
+                backend.remove(step.container)
             step.result = "ok"
             log.info("connector %s: %s %s: ok", step.id, step.action, step.name)
         except Exception as exc:  # noqa: BLE001 - one action's failure must not stop the others
@@ -288,47 +326,50 @@ class Reconciler:
             log.error("connector %s: %s %s failed: %s", step.id, step.action, step.name,
                       redact.scrub(step.error.message))
 
-    def _start(self, step: PlannedStep, container: ContainerInfo) -> None:
+    def _start(self, step: PlannedStep, current: Observed) -> None:
         try:
-            self.runtime.start(step.name)
+            self.backend.set_state(current, "started")
         except ComposerError:
             with self._failures_lock:
-                failed = self.start_failures.get(container.id, 0) + 1
-                self.start_failures[container.id] = failed
+                failed = self.start_failures.get(current.id, 0) + 1
+                self.start_failures[current.id] = failed
             step.extra["failed_starts"] = failed
             if failed >= RECREATE_AFTER_FAILED_STARTS:
                 step.reason += (f"; failed to start on {failed} consecutive passes: the next "
                                 "pass recreates it")
             raise
-        self._forget_failures(container.id)
+        self._forget_failures(current.id)
 
-    def _forget_failures(self, container_id: str) -> None:
+    def _forget_failures(self, workload_id: str) -> None:
         with self._failures_lock:
-            self.start_failures.pop(container_id, None)
-
-    def _restart_loops(self, containers: list[ContainerInfo]) -> list[str]:
-        """Containers restarting in a loop (more than 3 restarts, up less than 5 minutes). The list
-        call tells which may be: Docker lists them as ``restarting``; Podman, which restarts
-        without that state, lists when they were created and last started. Only those are
-        inspected for their restart count, so a steady fleet costs no extra call."""
-        warnings = []
-        for info in containers:
-            if not _may_be_restarting(info):
-                continue
-            detail = self.runtime.inspect(info.id) or info
-            uptime = seconds_since(detail.started_at)
-            if detail.restart_count > LOOP_RESTARTS and (uptime is None or uptime < LOOP_UPTIME_SECONDS):
-                message = (f"connector {info.labels.get(LABEL_CONNECTOR, '?')} ({info.name}) is "
-                           f"restarting in a loop: {detail.restart_count} restarts")
-                warnings.append(message)
-                log.warning("%s", message)
-        return warnings
+            self.start_failures.pop(workload_id, None)
 
 
-def _may_be_restarting(info: ContainerInfo) -> bool:
-    if info.status == "restarting" or info.restart_count > LOOP_RESTARTS:
-        return True
-    if info.restarted_after is None or info.restarted_after < RESTARTED_AFTER_SECONDS:
-        return False
-    uptime = seconds_since(info.started_at)
-    return uptime is None or uptime < LOOP_UPTIME_SECONDS
+def observed_failures(observed: Iterable[Observed]) -> list[str]:
+    """The typed failures a backend observed (an orchestrator's task rejected for auth, a missing
+    tag...), one warning each with the error's headline: the pass reports them as they are."""
+    warnings = []
+    for info in observed:
+        if info.error is None:
+            continue
+        headline = redact.scrub(info.error.message.splitlines()[0] if info.error.message else "")
+        message = (f"connector {info.connector_id or '?'} ({info.name}) failed on the backend "
+                   f"(exit code {info.error.exit_code}): {headline}")
+        warnings.append(message)
+        log.warning("%s", message)
+    return warnings
+
+
+def restart_loops(observed: Iterable[Observed]) -> list[str]:
+    """Workloads restarting in a loop (more than 3 restarts, up less than 5 minutes, or still
+    restarting), from what the observation told: no call of its own (a backend whose list lacks
+    restart counts looks them up, in ``observe``, only for those that may be restarting)."""
+    warnings = []
+    for info in observed:
+        uptime = seconds_since(info.started_at)
+        if info.restart_count > LOOP_RESTARTS and (uptime is None or uptime < LOOP_UPTIME_SECONDS):
+            message = (f"connector {info.connector_id or '?'} ({info.name}) is "
+                       f"restarting in a loop: {info.restart_count} restarts")
+            warnings.append(message)
+            log.warning("%s", message)
+    return warnings

@@ -2,7 +2,10 @@
 
 Endpoint: ``opencti.daemon.docker.endpoint`` when set, else ``DOCKER_HOST`` (with
 ``DOCKER_TLS_VERIFY`` / ``DOCKER_CERT_PATH``), else the default socket ``/var/run/docker.sock``.
-The SDK is imported only when a command connects (``xtm-composer --help`` never loads it).
+The engine is driven through
+:class:`~composer_core.engine.container_backend.ContainerBackend` (the workload contract over
+its container-level :class:`~composer_core.types.Runtime`). The SDK is imported only when a
+command connects (``xtm-composer --help`` never loads it).
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ from composer_core.settings import Problems, Settings, SettingsSpec, check_text
 from composer_core.types import RuntimeBackend
 
 if TYPE_CHECKING:
-    from composer_core.types import Runtime
+    from composer_core.workload import Backend
 
 
-def connect(settings: Settings) -> Runtime:
+def connect(settings: Settings) -> Backend:
+    """The docker runtime, driven through the core's container adapter (the workload contract)."""
+    from composer_core.engine.container_backend import ContainerBackend
     from composer_plugins.docker.engine import DockerRuntime
 
-    return DockerRuntime.connect(settings)
+    return ContainerBackend(DockerRuntime.connect(settings))
 
 
 ENDPOINT = "opencti.daemon.docker.endpoint"

@@ -4,7 +4,9 @@ Endpoint: ``opencti.daemon.podman.endpoint`` when set, else ``CONTAINER_HOST``, 
 socket ``/run/podman/podman.sock`` (as root) or the rootless one
 ``$XDG_RUNTIME_DIR/podman/podman.sock``. Like Docker, registries on loopback are pulled without TLS
 verification unless ``opencti.daemon.podman.loopback_insecure`` is false.
-podman-py is imported only when a command connects.
+The engine is driven through :class:`~composer_core.engine.container_backend.ContainerBackend`
+(the workload contract over its container-level runtime). podman-py is imported only when a
+command connects.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from composer_core.settings import Problems, Settings, SettingsSpec, check_bool,
 from composer_core.types import RuntimeBackend
 
 if TYPE_CHECKING:
-    from composer_core.types import Runtime
+    from composer_core.workload import Backend
 
 
-def connect(settings: Settings) -> Runtime:
+def connect(settings: Settings) -> Backend:
+    """The podman runtime, driven through the core's container adapter (the workload contract)."""
+    from composer_core.engine.container_backend import ContainerBackend
     from composer_plugins.podman.engine import PodmanRuntime
 
-    return PodmanRuntime.connect(settings)
+    return ContainerBackend(PodmanRuntime.connect(settings))
 
 
 def _validate(settings: Settings, problems: Problems) -> None:

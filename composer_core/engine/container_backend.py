@@ -1,0 +1,192 @@
+"""``ContainerBackend``: the workload contract over a container-level :class:`Runtime`.
+
+docker and podman keep their container-level :class:`~composer_core.types.Runtime` (pull, create,
+start, rename, inspect, list...); their plugins' ``connect(settings)`` returns
+``ContainerBackend(runtime)``, which implements :class:`~composer_core.workload.Backend` with the
+deploy flow of :mod:`composer_core.engine.deploy`:
+
+* :meth:`~ContainerBackend.observe` is ONE list call. Docker's and Podman's lists carry no restart
+  count, so a container the list shows may be restarting (Docker: ``restarting``; Podman: started
+  long after it was created, recently) is inspected for it: a steady fleet costs no extra call.
+* :meth:`~ContainerBackend.apply` pulls with exactly the workload's one credential (each image once
+  between two observations: a pass of twenty connectors of one image pulls it once, and a failed
+  pull fails them all without another attempt), creates with the restart policy
+  ``unless-stopped`` and a per-call creation label (a failed create removes only its own half-made
+  container), or replaces with rollback (the new container runs before the old one stops); a name
+  taken by a container of someone else is refused, never touched. Registry errors are explained
+  with the workload's credential trace.
+* :meth:`~ContainerBackend.set_state`, :meth:`~ContainerBackend.remove` and
+  :meth:`~ContainerBackend.logs` act on the container by id.
+
+``runtime`` stays reachable (capability ``pull``): the single-host ``pull`` command and tests use it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+
+from composer_core.engine.deploy import ContainerDeployer
+from composer_core.engine.labels import LABEL_MANAGER
+from composer_core.errors import ComposerError, RegistryError, UsageError
+from composer_core.timestamps import seconds_since
+from composer_core.types import ContainerInfo, ContainerSpec, PullProgress, Runtime
+from composer_core.workload import Applied, Backend, Observed, ObservedState, Workload, WorkloadState
+
+#: a container listed this many restarts, or as restarting, is inspected for its restart count
+LOOP_RESTARTS = 3
+LOOP_UPTIME_SECONDS = 300
+#: a container started this long after its creation was started again (by the engine or a user)
+RESTARTED_AFTER_SECONDS = 2
+
+
+def observed_state(status: str) -> ObservedState:
+    """A container status (running, restarting, exited, created, paused, dead...) as a state."""
+    if status == "running":
+        return "started"
+    if status == "restarting":
+        return "restarting"
+    if status == "dead":
+        return "failed"
+    return "stopped"
+
+
+def observed_from(info: ContainerInfo) -> Observed:
+    """What the contract reports of a container: its status is the ``detail`` (and so the
+    ``status`` of ``ps --json``)."""
+    return Observed(id=info.id, name=info.name, labels=dict(info.labels),
+                    state=observed_state(info.status), image=info.image,
+                    restart_count=info.restart_count, started_at=info.started_at,
+                    detail=info.status)
+
+
+def container_of(observed: Observed) -> ContainerInfo:
+    """The container an :class:`Observed` of this backend stands for (what the deploy flow needs
+    of a current container: id, name, status, labels)."""
+    return ContainerInfo(id=observed.id, name=observed.name, image=observed.image,
+                         status=observed.status, labels=dict(observed.labels),
+                         restart_count=observed.restart_count, started_at=observed.started_at)
+
+
+def spec_of(workload: Workload) -> ContainerSpec:
+    """The container a workload is: its labels as the core made them, restart policy
+    ``unless-stopped`` (the engine restarts a connector that exits, unless stopped on purpose)."""
+    return ContainerSpec(name=workload.name, image=workload.image.ref.normalized(),
+                         env=dict(workload.env), labels=dict(workload.labels),
+                         command=workload.command)
+
+
+def may_be_restarting(info: ContainerInfo) -> bool:
+    """Whether the list shows that ``info`` may be restarting in a loop (worth an inspect)."""
+    if info.status == "restarting" or info.restart_count > LOOP_RESTARTS:
+        return True
+    if info.restarted_after is None or info.restarted_after < RESTARTED_AFTER_SECONDS:
+        return False
+    uptime = seconds_since(info.started_at)
+    return uptime is None or uptime < LOOP_UPTIME_SECONDS
+
+
+class ContainerBackend:
+    """:class:`~composer_core.workload.Backend` over one connected container-level ``runtime``.
+
+    ``stop_timeout``: seconds a container may take to stop (a stop, the old container of a
+    replacement). Thread-safe: the fleet applies several workloads at once."""
+
+    capabilities: frozenset[str] = frozenset({"pull"})
+
+    def __init__(self, runtime: Runtime, *, stop_timeout: int = 10) -> None:
+        self.runtime = runtime
+        self.name = runtime.name
+        self.endpoint = runtime.endpoint
+        self.stop_timeout = stop_timeout
+        self._lock = threading.Lock()
+        self._deployers: dict[str, ContainerDeployer] = {}
+        self._failed_pulls: dict[str, ComposerError] = {}
+
+    # --- observe ----------------------------------------------------------------------------
+
+    def observe(self, labels: Mapping[str, str]) -> list[Observed]:
+        with self._lock:  # a new observation: the images are pulled again by the next applies
+            self._deployers.clear()
+            self._failed_pulls.clear()
+        found = []
+        for info in self.runtime.list(dict(labels)):
+            if may_be_restarting(info):
+                info = self.runtime.inspect(info.id) or info
+            found.append(observed_from(info))
+        return found
+
+    # --- apply ------------------------------------------------------------------------------
+
+    def _deployer(self, manager: str) -> ContainerDeployer:
+        with self._lock:
+            deployer = self._deployers.get(manager)
+            if deployer is None:
+                deployer = ContainerDeployer(self.runtime, manager, stop_timeout=self.stop_timeout)
+                self._deployers[manager] = deployer
+            return deployer
+
+    def apply(self, workload: Workload, current: Observed | None, *,
+              progress: Callable[[PullProgress], None] | None = None) -> Applied:
+        manager = workload.labels.get(LABEL_MANAGER)
+        if not manager:
+            raise UsageError(f"workload {workload.name!r} has no {LABEL_MANAGER} label",
+                             hint="this is a bug of the caller: workloads carry the core's labels")
+        if current is not None and current.config_hash == workload.config_hash \
+                and current.name == workload.name:
+            # the same container: only its state differs
+            observed = self.set_state(current, workload.state)
+            return Applied("started" if workload.state == "started" else "stopped", observed)
+        reference = workload.image.ref.normalized()
+        with self._lock:
+            failed = self._failed_pulls.get(reference)
+        if failed is not None:
+            raise failed
+        deployer = self._deployer(manager)
+        existing = container_of(current) if current is not None else None
+        try:
+            result = deployer.put(workload.image, spec_of(workload), existing,
+                                  start=workload.state == "started",
+                                  resolution=workload.resolution, tls=workload.tls,
+                                  progress=progress)
+        except RegistryError as exc:  # only the pull raises these: the image fails everywhere
+            with self._lock:
+                self._failed_pulls[reference] = exc
+            raise
+        detail = f"image {result.container.image}" if result.action != "unchanged" else (
+            "deployed meanwhile by another pass")
+        return Applied(result.action, observed_from(result.container), detail)
+
+    # --- state, removal, logs ---------------------------------------------------------------
+
+    def set_state(self, current: Observed, state: WorkloadState) -> Observed:
+        if state == "started":
+            self.runtime.start(current.id)
+            return replace(current, state="started", detail="running")
+        self.runtime.stop(current.id, timeout=self.stop_timeout)
+        return replace(current, state="stopped", detail="exited")
+
+    def remove(self, current: Observed) -> None:
+        if LABEL_MANAGER not in current.labels:
+            raise UsageError(f"{current.name!r} carries no {LABEL_MANAGER} label: it is not "
+                             "removed", hint="only workloads this manager observed are removed")
+        self.runtime.remove(current.id, force=True)
+
+    def logs(self, current: Observed, tail: int) -> str:
+        return self.runtime.logs(current.id, tail=tail)
+
+    def close(self) -> None:
+        self.runtime.close()
+
+
+def runtime_of(backend: Backend, command: str) -> Runtime:
+    """The container-level runtime behind ``backend``, for a single-host command (``pull``);
+    a :class:`UsageError` naming the backend where there is none."""
+    runtime = getattr(backend, "runtime", None)
+    if "pull" not in backend.capabilities or runtime is None:
+        raise UsageError(f"`{command}` needs a single container engine; {backend.name} at "
+                         f"{backend.endpoint} has none",
+                         hint="its nodes pull when a workload is applied: use `deploy` or "
+                              "`apply`, or --runtime docker / podman")
+    return runtime  # type: ignore[no-any-return]
