@@ -50,7 +50,8 @@ def _error_classes() -> list[type]:
     from composer_core.errors import ComposerError
 
     for module in pkgutil.walk_packages(composer_core.__path__, "composer_core."):
-        importlib.import_module(module.name)
+        if not module.name.endswith(".__main__"):  # running it is the command line
+            importlib.import_module(module.name)
     found: list[type] = []
     pending: list[type] = [ComposerError]
     while pending:
