@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -736,3 +737,11 @@ def test_every_hook_has_a_section_in_the_docs_and_a_test() -> None:
     for hook in hooks:
         assert f"### {hook}" in docs or f"### `{hook}" in docs, f"docs/plugins.md lacks ### {hook}"
         assert any(hook in body for body in bodies), f"no test in test_plugins.py names {hook}"
+
+
+def test_the_plugins_table_lists_each_contribution_once(run_cli) -> None:
+    code, out, _ = run_cli(["plugins"])
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
+    # config contributes a provider and a settings spec, both named config: one PROVIDES entry
+    assert re.search(r"credential_providers, settings\s+config\s+active", rows["config"]), rows["config"]

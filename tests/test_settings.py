@@ -293,3 +293,16 @@ def test_values_are_never_dynaconf_directives(isolated_env: Path, tmp_path: Path
     f = write(tmp_path / "p.yaml", yaml.safe_dump({"opencti": {"daemon": {"docker": {"registry": registry}}}}))
     s = load_settings([str(f)], environ={}, cwd=isolated_env)
     assert s.get("opencti.daemon.docker.registry.password") == password
+
+
+def test_config_check_knows_the_runtime_backends_of_auto_order(run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENCTI__DAEMON__AUTO_ORDER", "nope,docker")
+    code, _, err = run_cli(["config", "check"])
+    assert code == 2
+    assert "opencti.daemon.auto_order (from environment variable OPENCTI__DAEMON__AUTO_ORDER): " \
+           "unknown runtime backends 'nope'" in err
+    # a disabled backend is skipped when auto runs: naming it is no error
+    monkeypatch.setenv("OPENCTI__DAEMON__AUTO_ORDER", "podman,docker")
+    monkeypatch.setenv("XTM_COMPOSER_DISABLE_PLUGINS", "podman")
+    code, out, err = run_cli(["config", "check"])
+    assert (code, out.strip()) == (0, "settings are valid"), err

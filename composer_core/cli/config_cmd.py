@@ -56,7 +56,7 @@ def check(as_json: bool) -> None:
     validate_settings(app.settings,
                       providers=[*plugins.credential_providers(), *inactive],
                       resolvers=[*plugins.image_resolvers(), *inactive],
-                      runtimes=plugins.runtime_backends())
+                      runtimes=plugins.runtime_backends(), inactive=inactive)
     unused = _unused(app.settings)
     if as_json:
         emit_json({"valid": True, "unused": unused})

@@ -23,7 +23,9 @@ def plugins_command(as_json: bool) -> None:
     for r in records:
         status = r.status if not r.reason or r.status == "active" else f"{r.status}: {r.reason}"
         hooks = ", ".join(h.removeprefix("composer_") for h in r.hooks) or "-"
-        provides = ", ".join(name for names in r.contributes.values() for name in names) or "-"
+        # a plugin's settings spec carries the plugin's own name: it is no contribution to list
+        provides = ", ".join(sorted({name for hook, names in r.contributes.items()
+                                     if hook != "composer_settings" for name in names})) or "-"
         rows.append((r.name, f"{r.distribution} {r.version}".strip(), hooks, provides, status))
     emit_table(("NAME", "DISTRIBUTION", "HOOKS", "PROVIDES", "STATUS"), rows)
 

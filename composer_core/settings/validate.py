@@ -86,7 +86,8 @@ def name_list(settings: Settings, dotted: str) -> list[str]:
 
 
 def _core(settings: Settings, p: Problems, *, providers: Iterable[str] | None,
-          resolvers: Iterable[str] | None, runtimes: Iterable[str] | None) -> None:
+          resolvers: Iterable[str] | None, runtimes: Iterable[str] | None,
+          inactive: Iterable[str] = ()) -> None:
     s = settings
     check_text(s, p, "manager.id", what="a non-empty string")
     check_text(s, p, "manager.name", what="a non-empty string")
@@ -114,7 +115,10 @@ def _core(settings: Settings, p: Problems, *, providers: Iterable[str] | None,
 
     for key, names, label in (("auth.chain", providers, "credential providers"),
                               ("images.resolvers", resolvers, "image resolvers"),
-                              ("opencti.daemon.auto_order", None, ""),
+                              # a disabled backend in auto_order is skipped when auto runs
+                              ("opencti.daemon.auto_order",
+                               None if runtimes is None else [*runtimes, *inactive],
+                               "runtime backends"),
                               ("plugins.disabled", None, "")):
         value = _as_name_list(s.get(key))
         if value is None:
@@ -136,12 +140,14 @@ def _core(settings: Settings, p: Problems, *, providers: Iterable[str] | None,
 
 def problems_of(settings: Settings, *, providers: Iterable[str] | None = None,
                 resolvers: Iterable[str] | None = None,
-                runtimes: Iterable[str] | None = None) -> list[Problem]:
+                runtimes: Iterable[str] | None = None,
+                inactive: Iterable[str] = ()) -> list[Problem]:
     """Every problem of ``settings``: the merge's, the core's, then each plugin's, in name order."""
     p = Problems(settings)
     for key, message in settings.shape_problems:
         p.add(key, message)
-    _core(settings, p, providers=providers, resolvers=resolvers, runtimes=runtimes)
+    _core(settings, p, providers=providers, resolvers=resolvers, runtimes=runtimes,
+          inactive=inactive)
     for spec in settings.specs:
         if spec.validator is None:
             continue
@@ -157,13 +163,15 @@ def problems_of(settings: Settings, *, providers: Iterable[str] | None = None,
 
 def validate_settings(settings: Settings, *, providers: Iterable[str] | None = None,
                       resolvers: Iterable[str] | None = None,
-                      runtimes: Iterable[str] | None = None) -> None:
+                      runtimes: Iterable[str] | None = None,
+                      inactive: Iterable[str] = ()) -> None:
     """Raise one :class:`SettingsError` listing every problem; silent when all is well.
 
     The optional name lists check ``auth.chain``, ``images.resolvers`` and the selector against
     the installed plugins (``config check`` passes them).
     """
-    items = problems_of(settings, providers=providers, resolvers=resolvers, runtimes=runtimes)
+    items = problems_of(settings, providers=providers, resolvers=resolvers, runtimes=runtimes,
+                        inactive=inactive)
     if items:
         lines = "\n  ".join(str(item) for item in items)
         raise SettingsError(f"invalid settings:\n  {lines}",
