@@ -18,7 +18,7 @@ from composer_core.pluginmanager import Plugins
 from tests import fakedist
 
 BUILTINS = {"registry-prefix", "mirrors", "config", "docker-config", "keychain", "containers-auth",
-            "anonymous", "docker", "podman"}
+            "anonymous", "docker", "podman", "file", "opencti"}
 
 
 def dists(*names: str):
@@ -74,6 +74,7 @@ def test_builtins_are_entry_points_of_our_distribution(plugins: Plugins) -> None
     assert set(plugins.credential_providers()) == {"config", "docker-config", "keychain",
                                                    "containers-auth", "anonymous"}
     assert set(plugins.image_resolvers()) == {"registry-prefix", "mirrors"}
+    assert set(plugins.sources()) == {"file", "opencti"}
 
 
 def test_good_broken_and_blocked_entry_points(fake_site: Path, caplog: pytest.LogCaptureFixture) -> None:

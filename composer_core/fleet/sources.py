@@ -12,7 +12,7 @@ container another source deployed, and several sources can serve one manager sid
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -20,7 +20,7 @@ from composer_core.engine.deploy import Deployer
 from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_MANAGER
 from composer_core.errors import ComposerError, PluginError
 from composer_core.fleet.connectors import Connector
-from composer_core.fleet.reconcile import Pass, Reconciler, Step
+from composer_core.fleet.reconcile import Pass, PlannedStep, Reconciler
 from composer_core.pluginmanager import Plugins
 from composer_core.settings import Settings
 from composer_core.types import ContainerInfo, ContainerSpec, Runtime
@@ -174,7 +174,7 @@ class SourceReconciler(Reconciler):
                 self._held.add(connector.id)
         result = self.run_pass(connectors, dry_run=dry_run)
         for cid, reason in held.items():
-            step = Step(cid, names.get(cid, "?"), "nothing", f"held: {reason}")
+            step = PlannedStep(cid, names.get(cid, "?"), "nothing", f"held: {reason}")
             step.result = "failed"
             step.error = ComposerError(reason, hint="nothing was changed for this connector")
             result.steps.append(step)
@@ -182,12 +182,14 @@ class SourceReconciler(Reconciler):
 
 
 def run_source_pass(runtime: Runtime, settings: Settings, plugins: Plugins, source: Source, *,
-                    dry_run: bool = False, make: Callable[..., SourceReconciler] | None = None,
+                    state: DesiredState | None = None, dry_run: bool = False,
                     **options: Any) -> Pass:
-    """Ask the source, run the pass over its containers, tell the source. Raises
-    :class:`SourceUnavailable` (nothing changed) when the source cannot answer."""
-    state = source.desired()
-    reconciler = (make or SourceReconciler)(runtime, settings, plugins, source, **options)
+    """Ask the source (unless ``state`` is its answer already), run the pass over its
+    containers, tell the source. Raises :class:`SourceUnavailable` (nothing changed) when the
+    source cannot answer. ``options`` go to the :class:`Reconciler`."""
+    if state is None:
+        state = source.desired()
+    reconciler = SourceReconciler(runtime, settings, plugins, source, **options)
     result = reconciler.run_desired(state, dry_run=dry_run)
     changed = any(s.action != "nothing" for s in result.steps) and not dry_run
     after = reconciler.owned() if changed else [

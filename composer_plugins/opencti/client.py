@@ -70,7 +70,7 @@ class PlatformClient:
               read_timeout: float | None = None) -> dict[str, Any]:
         import requests
 
-        body = {"query": query, "operationName": operation, "variables": variables or {}}
+        body: dict[str, Any] = {"query": query, "operationName": operation, "variables": variables or {}}
         timeout = (self.config.connect_timeout, read_timeout or self.config.request_timeout)
         where = redact.hide_userinfo(self.config.graphql_url)
         try:

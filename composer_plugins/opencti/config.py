@@ -169,7 +169,7 @@ def read_config(settings: Settings) -> OpenCTIConfig:
     name = _text(s, p, "manager.name") or ""
     if len(name.strip()) < 2:
         p.add("manager.name", "must be at least 2 characters, not blank (the platform refuses less)")
-    config = dict(
+    config: dict[str, Any] = dict(
         verify_tls=not _flag(s, p, "opencti.unsecured_certificate", False),
         connect_timeout=_seconds(s, p, "opencti.connect_timeout", 10),
         request_timeout=_seconds(s, p, "opencti.request_timeout", 30),

@@ -152,6 +152,9 @@ class FakePlatform:
             allow_reuse_address = True
             daemon_threads = True
 
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client that gave up (a read timeout) is not the fake's failure
+
         self._server = Server(("127.0.0.1", self.port), Handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-opencti",
@@ -206,6 +209,8 @@ class FakePlatform:
         scalar = self.schema.type_map["DateTime"]
         assert isinstance(scalar, GraphQLScalarType)
         scalar.parse_value = parse_datetime  # type: ignore[method-assign]
+        if hasattr(scalar, "coerce_input_value"):  # graphql-core 3.3 reads this one
+            scalar.coerce_input_value = parse_datetime
         query, mutation = self.schema.query_type, self.schema.mutation_type
         assert query is not None and mutation is not None
         query.fields["about"].resolve = lambda _o, _i: {"version": self.version}

@@ -1,0 +1,262 @@
+"""The ``opencti`` source against the fake platform (a stand-in: tests/fakeplatform), without an
+engine: settings, the seven operations, registration and pings, the listing and its failures,
+the mapping to connectors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from composer_core.errors import SettingsError
+from composer_core.fleet.sources import SourceUnavailable
+from composer_plugins.opencti.client import PlatformClient, PlatformError
+from composer_plugins.opencti.config import read_config
+from composer_plugins.opencti.crypto import load_private_key
+from composer_plugins.opencti.mapping import container_name, map_listing
+from composer_plugins.opencti.source import OpenCTISource, open_opencti_source
+from tests.conftest import assert_no_secrets
+from tests.fakeplatform import FakePlatform
+from tests.opencti_helpers import key_lines, key_pem
+
+pytestmark = pytest.mark.platform_standin
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _source(settings: Any, clock: Clock | None = None) -> OpenCTISource:
+    return OpenCTISource(read_config(settings), clock=clock or Clock(), environ={})
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+def test_settings_are_checked_as_a_whole(make_settings) -> None:
+    with pytest.raises(SettingsError) as err:
+        read_config(make_settings({"opencti.url": "opencti:8080", "manager.name": " ",
+                                   "manager.ping_alive_schedule": 300, "opencti.logs_schedule": 0}))
+    text = str(err.value)
+    for words in ("opencti.url (from command line): must start with http:// or https://",
+                  "opencti.token (from embedded defaults): is required (or opencti.token_file)",
+                  "manager.credentials_key_filepath (from embedded defaults): is required",
+                  "manager.name (from command line): must be at least 2 characters",
+                  "manager.ping_alive_schedule (from command line): must be under 300",
+                  "opencti.logs_schedule (from command line): must be a number of seconds"):
+        assert words in text
+    assert err.value.exit_code == 2
+
+
+def test_token_file_and_key_file_win_and_are_secrets(make_settings, tmp_path, caplog, run_cli,
+                                                     monkeypatch) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("file-token-1234567\n")
+    key_path = tmp_path / "k.pem"
+    key_path.write_text(key_pem())
+    settings = make_settings({"opencti.token": "inline-token-999", "opencti.token_file": str(token_file),
+                              "manager.credentials_key": key_pem(3072),
+                              "manager.credentials_key_filepath": str(key_path)})
+    with caplog.at_level(logging.DEBUG):
+        config = read_config(settings)
+    assert config.token == "file-token-1234567" and config.key_pem == key_pem()
+    assert "the file wins" in caplog.text
+    assert "file-token-1234567" not in repr(config) and "BEGIN" not in repr(config)
+    # config show masks the inline secrets; the log scrubs the file's
+    monkeypatch.setenv("OPENCTI__TOKEN", "inline-token-999")
+    monkeypatch.setenv("MANAGER__CREDENTIALS_KEY", key_pem(3072))
+    code, out, err = run_cli(["config", "show", "--json"])
+    assert code == 0, err
+    assert json.loads(out)["opencti"]["token"] == "******"
+    assert_no_secrets(out + err + caplog.text, ["inline-token-999", "file-token-1234567",
+                                                *key_lines(key_pem(3072))])
+
+
+def test_a_proxy_ca_bundle_is_refused_rather_than_silently_dropped(opencti_settings) -> None:
+    with pytest.raises(SettingsError, match="opencti.https_proxy_ca is set"):
+        open_opencti_source(opencti_settings({"opencti.with_proxy": True,
+                                              "opencti.https_proxy_ca": ["/etc/ca.pem"]}), {})
+
+
+# --- transport and the platform's rules -------------------------------------------------------
+
+
+def test_bearer_token_required_about_is_public(platform, opencti_settings) -> None:
+    wrong = PlatformClient(read_config(opencti_settings({"opencti.token": "not-the-token"})))
+    assert wrong.version() == platform.version  # about has no @auth
+    with pytest.raises(PlatformError, match="You must be logged in") as err:
+        wrong.connectors()
+    assert "check opencti.token" in (err.value.hint or "") and err.value.exit_code == 16
+    assert platform.calls[-1][2] is False  # the fake saw no known token
+
+
+def test_one_manager_per_platform_and_its_name_rule(platform, opencti_settings) -> None:
+    key = load_private_key(key_pem(), "k")
+    first = PlatformClient(read_config(opencti_settings({"manager.id": "first-manager"})))
+    assert first.register(key.public_pkcs1) == platform.version
+    assert platform.manager is not None and platform.manager["public_key"] == key.public_pkcs1
+    assert key.public_pkcs1.startswith("-----BEGIN RSA PUBLIC KEY-----")
+    first.register(key.public_pkcs1)  # an upsert: harmless
+    assert platform.manager["registrations"] == 2
+    second = PlatformClient(read_config(opencti_settings({"manager.id": "second-manager"})))
+    with pytest.raises(PlatformError, match="Only one connector manager is supported") as err:
+        second.register(key.public_pkcs1)
+    assert "use its manager.id" in (err.value.hint or "")
+    with pytest.raises(PlatformError, match="does not know manager 'second-manager'"):
+        second.ping()
+
+
+def test_enums_and_datetimes_are_enforced_as_the_schema_says(platform, opencti_settings) -> None:
+    client = PlatformClient(read_config(opencti_settings()))
+    client.register(load_private_key(key_pem(), "k").public_pkcs1)
+    cid = platform.add_connector("misp", "opencti/connector-misp:6.8.1")
+    with pytest.raises(PlatformError, match="ConnectorCurrentStatus"):
+        client.report_status(cid, "running")
+    with pytest.raises(PlatformError, match="DateTime"):
+        client.report_health(cid, 0, "yesterday", False)
+    client.report_status(cid, "started")
+    client.report_health(cid, 2, "2026-12-01T08:00:00.123456Z", False)
+    assert platform.get(cid).current == "started" and platform.get(cid).health["restart_count"] == 2
+
+
+# --- the loop side ------------------------------------------------------------------------------
+
+
+def test_registers_first_then_pings_and_reregisters_on_version_change(platform, opencti_settings) -> None:
+    clock = Clock()
+    source = _source(opencti_settings({"manager.ping_alive_schedule": 60}), clock)
+    source.desired()
+    assert platform.operations() == ["GetVersion", "RegisterConnectorsManager", "GetConnectors"]
+    clock.now += 10
+    source.desired()
+    assert platform.operations()[3:] == ["GetConnectors"]  # no ping before its schedule
+    clock.now += 60
+    source.desired()
+    assert platform.operations()[4:] == ["UpdateConnectorManagerStatus", "GetConnectors"]
+    platform.version = "6.9.0"  # the platform was upgraded
+    clock.now += 60
+    source.desired()
+    assert platform.operations()[6:] == ["UpdateConnectorManagerStatus", "RegisterConnectorsManager",
+                                         "GetConnectors"]
+    assert source.version == "6.9.0" and platform.manager["registrations"] == 2
+
+
+def test_an_unreachable_platform_is_retried_on_the_ping_schedule(platform, opencti_settings) -> None:
+    clock = Clock()
+    source = _source(opencti_settings({"manager.ping_alive_schedule": 30}), clock)
+    source.desired()
+    platform.down()
+    clock.now += 30
+    with pytest.raises(PlatformError, match="unreachable"):
+        source.desired()  # the ping fails: back to GetVersion
+    with pytest.raises(PlatformError, match="unreachable"):
+        source.desired()  # GetVersion at once, fails
+    calls = len(platform.calls)
+    with pytest.raises(SourceUnavailable, match="next attempt in 30 s"):
+        source.desired()  # no request before the ping schedule
+    platform.up()
+    clock.now += 30
+    source.desired()
+    assert platform.operations()[calls:] == ["GetVersion", "RegisterConnectorsManager", "GetConnectors"]
+
+
+@pytest.mark.parametrize("failure", ["error", "null", "timeout", "partial"])
+def test_a_failed_or_partial_listing_is_unavailable(platform, opencti_settings, failure,
+                                                    monkeypatch) -> None:
+    source = _source(opencti_settings({"opencti.listing_timeout": 0.5}))
+    source.desired()
+    platform.add_connector("misp", "opencti/connector-misp:6.8.1")
+    if failure == "error":
+        platform.listing_error = "Managed connector auto-upgrade timed out"
+    elif failure == "timeout":
+        platform.listing_delay = 1.5
+    elif failure == "null":
+        monkeypatch.setattr(platform, "_listing", lambda: None)
+        platform._wire()
+    else:
+        original = platform._view
+        monkeypatch.setattr(platform, "_view", lambda c: {**original(c), "manager_contract_hash": None})
+    with pytest.raises(SourceUnavailable) as err:
+        source.desired()
+    words = {"error": "auto-upgrade timed out", "null": "no listing (null)",
+             "timeout": "did not answer within 0.5 s",
+             "partial": "Cannot return null for non-nullable field ManagedConnector.manager_contract_hash"}
+    assert words[failure] in err.value.message
+
+
+def test_the_listing_maps_to_connectors(platform, opencti_settings, caplog) -> None:
+    settings = opencti_settings({"opencti.with_proxy": True, "opencti.https_proxy": "http://proxy:3128",
+                                 "opencti.https_proxy_reject_unauthorized": False})
+    config = read_config(settings)
+    key = load_private_key(key_pem(), "k")
+    PlatformClient(config).register(key.public_pkcs1)
+    a = platform.add_connector("My MISP (prod)", "opencti/connector-misp:6.8.1",
+                               {"MISP_URL": "http://misp", "HTTPS_PROXY": "http://platform-proxy:1"},
+                               {"MISP_KEY": "misp-key-1234"})
+    b = platform.add_connector("my misp prod", "opencti/connector-misp:6.8.1")  # same container name
+    c = platform.add_connector("x", "opencti/connector-x:1.0")  # sanitised to 1 character... kept by the fake
+    platform.get(c).name = "-"
+    d = platform.add_connector("stix", "Bad//Image")
+    platform.get(a).requested = "starting"
+    with caplog.at_level(logging.INFO):
+        mapped = {m.id: m for m in map_listing(PlatformClient(config).connectors(), key, config,
+                                               {"HTTP_PROXY": "http://env-proxy:8080", "no_proxy": "localhost"})}
+    assert mapped[a].connector is None and mapped[b].connector is None
+    assert "container name 'my-misp-prod' is also that of connector" in mapped[a].problem
+    assert "fewer than 2 characters" in mapped[c].problem
+    assert "manager_contract_image" in mapped[d].problem
+    platform.remove_connector(b)
+    mapped = {m.id: m for m in map_listing(PlatformClient(config).connectors(), key, config,
+                                           {"HTTP_PROXY": "http://env-proxy:8080", "no_proxy": "localhost"})}
+    connector = mapped[a].connector
+    assert connector is not None and (connector.name, connector.status) == ("my-misp-prod", "started")
+    env = dict(connector.env)
+    token = platform.get(a).token
+    assert env["MISP_KEY"] == "misp-key-1234" and env["OPENCTI_TOKEN"] == token
+    assert env["OPENCTI_URL"] == platform.url and env["CONNECTOR_ID"] == a
+    assert env["OPENCTI_CONFIG_HASH"] == mapped[a].hash
+    assert env["HTTPS_PROXY"] == "http://proxy:3128"  # the composer's own wins over the platform's
+    assert env["HTTP_PROXY"] == "http://env-proxy:8080" and env["NO_PROXY"] == "localhost"
+    assert env["NODE_TLS_REJECT_UNAUTHORIZED"] == "0"
+    assert mapped[a].overridden == ["HTTPS_PROXY"] and mapped[a].decrypted == ["MISP_KEY", "OPENCTI_TOKEN"]
+    assert "replace the platform's HTTPS_PROXY" in caplog.text
+    assert_no_secrets(caplog.text, ["misp-key-1234", token, "http://proxy:3128"])
+
+
+def test_requested_statuses_and_names(platform) -> None:
+    assert container_name("My MISP (prod)") == "my-misp-prod"
+    assert container_name("__ab__") == "ab" and container_name("é") is None
+    assert len(container_name("a" * 80) or "") == 63
+
+
+def test_an_undecryptable_value_holds_the_connector_and_names_the_key(platform, opencti_settings,
+                                                                     caplog) -> None:
+    source = _source(opencti_settings())
+    source.desired()
+    cid = platform.add_connector("misp", "opencti/connector-misp:6.8.1", passwords={"MISP_KEY": "k-123456"})
+    good = platform.add_connector("other", "opencti/connector-x:6.8.1")
+    platform.plant_raw(cid, "MISP_KEY", platform.get(cid).values["MISP_KEY"][0][:-8] + "AAAAAAA=")
+    with caplog.at_level(logging.ERROR):
+        state = source.desired()
+        source.desired()
+    assert [c.id for c in state.connectors] == [good]
+    assert "MISP_KEY cannot be decrypted" in state.held[cid]
+    assert caplog.text.count("is held") == 1  # logged once, not every pass
+
+
+def test_a_fake_platform_is_a_real_graphql_server(platform, platform_token) -> None:
+    """The fake validates what graphql-core validates: unknown fields and missing variables."""
+    bad = platform.execute({"query": "query { about { nope } }"}, platform_token)
+    assert "Cannot query field 'nope'" in bad["errors"][0]["message"]
+    missing = platform.execute({"query": "mutation M($input: CurrentConnectorStatusInput!) "
+                                         "{ updateConnectorCurrentStatus(input: $input) { id } }"},
+                               platform_token)
+    assert "non-null type 'CurrentConnectorStatusInput!' to be provided" in missing["errors"][0]["message"]
+    assert isinstance(FakePlatform.__doc__, str) and "STAND-IN" in FakePlatform.__doc__ + __import__(
+        "tests.fakeplatform", fromlist=["x"]).__doc__
