@@ -260,3 +260,43 @@ def test_a_fake_platform_is_a_real_graphql_server(platform, platform_token) -> N
     assert "non-null type 'CurrentConnectorStatusInput!' to be provided" in missing["errors"][0]["message"]
     assert isinstance(FakePlatform.__doc__, str) and "STAND-IN" in FakePlatform.__doc__ + __import__(
         "tests.fakeplatform", fromlist=["x"]).__doc__
+
+
+def test_the_composer_s_own_proxy_follows_with_proxy(platform, opencti_settings, monkeypatch) -> None:
+    from tests.engine_helpers import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("HTTP_PROXY", dead)
+    monkeypatch.setenv("http_proxy", dead)
+    # with_proxy false ignores every proxy, the environment's included
+    assert PlatformClient(read_config(opencti_settings())).version() == platform.version
+    through = PlatformClient(read_config(opencti_settings({"opencti.with_proxy": True})))
+    with pytest.raises(PlatformError, match="unreachable"):
+        through.version()  # the environment's proxy, which nothing serves
+    explicit = PlatformClient(read_config(opencti_settings({"opencti.with_proxy": True,
+                                                            "opencti.http_proxy": dead})))
+    monkeypatch.delenv("HTTP_PROXY")
+    monkeypatch.delenv("http_proxy")
+    with pytest.raises(PlatformError, match="unreachable"):
+        explicit.version()
+
+
+def test_apply_exits_16_without_touching_the_engine_when_the_platform_is_down(
+        platform, opencti_settings, run_cli, monkeypatch, tmp_path, platform_token) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nothing.sock")  # an engine call would exit 5
+    monkeypatch.setenv("MANAGER__SOURCE", "opencti")
+    monkeypatch.setenv("OPENCTI__URL", platform.url)
+    monkeypatch.setenv("OPENCTI__TOKEN", platform_token)
+    key = tmp_path / "k.pem"
+    key.write_text(key_pem())
+    monkeypatch.setenv("MANAGER__CREDENTIALS_KEY_FILEPATH", str(key))
+    monkeypatch.setenv("OPENCTI__CONNECT_TIMEOUT", "1")
+    platform.down()
+    code, out, err = run_cli(["--runtime", "docker", "apply"])
+    assert code == 16 and "is unreachable" in err and "nothing is changed" in err
+    code, out, err = run_cli(["--runtime", "docker", "opencti", "status", "--json"])
+    assert code == 16 and json.loads(out)["reachable"] is False
+    monkeypatch.setenv("OPENCTI__ENABLE", "false")
+    code, out, err = run_cli(["--runtime", "docker", "apply"])
+    assert code == 2 and "opencti.enable" in err
+    assert_no_secrets(out + err, [platform_token, *key_lines(key_pem())])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -150,8 +151,9 @@ def status_command(as_json: bool) -> None:
             click.echo(f"error: {error}", err=True)
     listing_failed = any(e.startswith("listing:") for e in report["errors"])
     if not report["reachable"] or listing_failed:
-        code = PlatformError.exit_code
-        raise click.exceptions.Exit(code)
+        # sys.exit, not click's Exit: the entry point runs click with standalone_mode=False,
+        # where an Exit's code is returned, not used
+        sys.exit(PlatformError.exit_code)
 
 
 @click.command(name="keygen")
