@@ -42,19 +42,28 @@ def _wait_for(what: str, condition: Callable[[], Any], timeout: float = 60) -> A
 
 def _containers(engine: str, bench: Any, manager: str) -> dict[str, dict[str, Any]]:
     """name -> {id, status, env, labels}, read behind the composer's back."""
+    import docker.errors
+    import podman.errors
+
     client = raw_client(engine, bench)
     try:
         found: dict[str, dict[str, Any]] = {}
         if engine == "docker":
             for c in client.containers(all=True, filters={"label": f"{LABEL_MANAGER}={manager}"}):
-                detail = client.inspect_container(c["Id"])
+                try:
+                    detail = client.inspect_container(c["Id"])
+                except docker.errors.NotFound:
+                    continue  # removed between the list and the inspect (a replacement)
                 found[detail["Name"].lstrip("/")] = {
                     "id": detail["Id"], "status": detail["State"]["Status"],
                     "env": dict(e.split("=", 1) for e in detail["Config"]["Env"] or []),
                     "labels": detail["Config"]["Labels"] or {}}
         else:
             for c in client.containers.list(all=True, filters={"label": f"{LABEL_MANAGER}={manager}"}):
-                c.reload()
+                try:
+                    c.reload()
+                except podman.errors.APIError:
+                    continue  # removed between the list and the reload (a replacement)
                 found[c.name] = {"id": c.id, "status": c.attrs["State"]["Status"],
                                  "env": dict(e.split("=", 1) for e in c.attrs["Config"]["Env"] or []),
                                  "labels": c.attrs["Config"]["Labels"] or {}}
@@ -131,7 +140,10 @@ def test_the_platform_drives_the_fleet_end_to_end(engine, bench, manager, platfo
         _wait_for("stopped", lambda: _containers(engine, bench, manager)["misp-bench"]["status"] == "exited")
         _wait_for("stopped reported", lambda: platform.get(misp).current == "stopped")
         time.sleep(1.5)
-        assert platform.get(misp).status_reports == ["started", "stopped"]  # on change only
+        reports = platform.get(misp).status_reports
+        # on change only (a pass may have seen it created stopped before the request to start)
+        assert reports[-2:] == ["started", "stopped"] and len(reports) <= 3
+        assert all(a != b for a, b in zip(reports, reports[1:], strict=False))
 
         # 5. configuration edited: new hash, replaced
         before = _containers(engine, bench, manager)["other-feed"]
