@@ -39,17 +39,38 @@ def _source(settings: Any, clock: Clock | None = None) -> OpenCTISource:
 # --- settings ----------------------------------------------------------------------------------
 
 
-def test_settings_are_checked_as_a_whole(make_settings) -> None:
+def test_the_spec_checks_types_and_bounds_at_every_start(make_settings) -> None:
     with pytest.raises(SettingsError) as err:
-        read_config(make_settings({"opencti.url": "opencti:8080", "manager.name": " ",
-                                   "manager.ping_alive_schedule": 300, "opencti.logs_schedule": 0}))
+        make_settings({"manager.ping_alive_schedule": 300, "opencti.logs_schedule": 0,
+                       "opencti.request_timeout": 601, "opencti.with_proxy": "yes",
+                       "opencti.token": 12})
+    text = str(err.value)
+    for words in ("manager.ping_alive_schedule (from command line, checked by plugin 'opencti'): "
+                  "must be under 300",
+                  "opencti.logs_schedule (from command line, checked by plugin 'opencti'): must be "
+                  "greater than 0",
+                  "opencti.request_timeout (from command line, checked by plugin 'opencti'): must be "
+                  "at most 600",
+                  "opencti.with_proxy (from command line, checked by plugin 'opencti'): must be true "
+                  "or false",
+                  "opencti.token (from command line, checked by plugin 'opencti'): must be a string"):
+        assert words in text
+    assert "12" not in text.split("opencti.token", 1)[1].splitlines()[0]  # a secret is described, not echoed
+    assert err.value.exit_code == 2
+    # the file source never needs a token or a key: the defaults are valid
+    assert make_settings().get("opencti.url") == "http://host.docker.internal:4000"
+
+
+def test_what_the_source_needs_is_checked_when_it_opens(make_settings) -> None:
+    with pytest.raises(SettingsError) as err:
+        read_config(make_settings({"opencti.url": "opencti:8080", "manager.name": "x",
+                                   "opencti.enable": False}))
     text = str(err.value)
     for words in ("opencti.url (from command line): must start with http:// or https://",
-                  "opencti.token (from embedded defaults): is required (or opencti.token_file)",
-                  "manager.credentials_key_filepath (from embedded defaults): is required",
+                  "opencti.token (from defaults of plugin 'opencti')", "is required (or opencti.token_file)",
+                  "manager.credentials_key_filepath (from", "is required (or manager.credentials_key)",
                   "manager.name (from command line): must be at least 2 characters",
-                  "manager.ping_alive_schedule (from command line): must be under 300",
-                  "opencti.logs_schedule (from command line): must be a number of seconds"):
+                  "opencti.enable (from command line): is false"):
         assert words in text
     assert err.value.exit_code == 2
 
@@ -212,8 +233,9 @@ def test_the_listing_maps_to_connectors(platform, opencti_settings, caplog) -> N
     assert "fewer than 2 characters" in mapped[c].problem
     assert "manager_contract_image" in mapped[d].problem
     platform.remove_connector(b)
-    mapped = {m.id: m for m in map_listing(PlatformClient(config).connectors(), key, config,
-                                           {"HTTP_PROXY": "http://env-proxy:8080", "no_proxy": "localhost"})}
+    with caplog.at_level(logging.INFO):
+        mapped = {m.id: m for m in map_listing(PlatformClient(config).connectors(), key, config,
+                                               {"HTTP_PROXY": "http://env-proxy:8080", "no_proxy": "localhost"})}
     connector = mapped[a].connector
     assert connector is not None and (connector.name, connector.status) == ("my-misp-prod", "started")
     env = dict(connector.env)

@@ -746,3 +746,11 @@ def test_the_plugins_table_lists_each_contribution_once(run_cli) -> None:
     rows = {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
     # config contributes a provider and a settings spec, both named config: one PROVIDES entry
     assert re.search(r"credential_providers, settings\s+config\s+active", rows["config"]), rows["config"]
+
+
+def test_sources_are_contributions_attributed_to_their_plugin(plugins: Plugins) -> None:
+    records = {r.name: r for r in plugins.records()}
+    assert records["file"].contributes == {"composer_sources": ["file"]}
+    assert records["opencti"].contributes["composer_sources"] == ["opencti"]
+    assert records["opencti"].hooks == ["composer_commands", "composer_settings", "composer_sources"]
+    assert plugins.sources().owner("opencti") == "opencti"

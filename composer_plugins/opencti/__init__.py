@@ -17,12 +17,20 @@ import click
 
 from composer_core import hookimpl
 from composer_core.records import DesiredStateSource
+from composer_core.settings import SettingsSpec
 
 
 def _open(settings: Any, options: Mapping[str, Any]) -> Any:
     from composer_plugins.opencti.source import open_opencti_source
 
     return open_opencti_source(settings, options)
+
+
+@hookimpl
+def composer_settings() -> SettingsSpec:
+    from composer_plugins.opencti.config import settings_spec
+
+    return settings_spec()
 
 
 @hookimpl

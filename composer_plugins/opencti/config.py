@@ -8,7 +8,6 @@ they are read (from the settings or from ``opencti.token_file`` /
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,12 +16,22 @@ from typing import Any
 from composer_core import redact
 from composer_core.errors import SettingsError
 from composer_core.files import LIMIT_SECRET_FILE, FileReadError, read_text
-from composer_core.settings import Settings
+from composer_core.settings import (
+    Problems,
+    Settings,
+    SettingsSpec,
+    check_bool,
+    check_number,
+    check_text,
+    describe,
+)
+from composer_core.settings.validate import DAY, MAX_TIMEOUT
+from composer_plugins.opencti.crypto import register_pem
 
 log = logging.getLogger("xtm_composer.opencti")
 
 #: seconds; the platform may hold the listing up to 90 s after an upgrade (its auto-upgrade wait)
-LISTING_TIMEOUT = 100.0
+LISTING_TIMEOUT = 100
 CA_IN_CONTAINER = "/etc/ssl/certs/xtm-proxy-ca.crt"
 
 
@@ -54,43 +63,62 @@ class OpenCTIConfig:
         return self.url.rstrip("/") + "/graphql"
 
 
-class _Problems:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.items: list[str] = []
-
-    def add(self, dotted: str, message: str) -> None:
-        self.items.append(f"{dotted} (from {self.settings.source(dotted)}): {message}")
-
-
-def _seconds(s: Settings, p: _Problems, dotted: str, default: float) -> float:
-    value = s.get(dotted, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value <= 0:
-        p.add(dotted, f"must be a number of seconds greater than 0, not {value!r}")
-        return default
-    return float(value)
-
-
-def _flag(s: Settings, p: _Problems, dotted: str, default: bool) -> bool:
-    value = s.get(dotted, default)
-    if not isinstance(value, bool):
-        p.add(dotted, f"must be true or false, not {value!r}")
-        return default
-    return value
+#: the defaults of the keys this plugin owns (its settings spec); XTM Composer's names
+DEFAULTS: dict[str, Any] = {
+    "manager": {"ping_alive_schedule": 60, "credentials_key": None,
+                "credentials_key_filepath": None},
+    "opencti": {"enable": True, "url": "http://host.docker.internal:4000", "token": None,
+                "token_file": None, "unsecured_certificate": False, "connect_timeout": 10,
+                "request_timeout": 30, "listing_timeout": LISTING_TIMEOUT, "logs_schedule": 10,
+                "health_schedule": 30, "with_proxy": False, "http_proxy": None,
+                "https_proxy": None, "no_proxy": None, "https_proxy_ca": [],
+                "https_proxy_reject_unauthorized": True},
+}
+OWNS = tuple(f"{section}.{key}" for section, keys in DEFAULTS.items() for key in keys)
+_FLAGS = ("opencti.enable", "opencti.unsecured_certificate", "opencti.with_proxy",
+          "opencti.https_proxy_reject_unauthorized")
+_TIMEOUTS = ("opencti.connect_timeout", "opencti.request_timeout", "opencti.listing_timeout")
+_SCHEDULES = ("opencti.logs_schedule", "opencti.health_schedule", "manager.ping_alive_schedule")
+_TEXTS = ("opencti.url", "opencti.token", "opencti.token_file", "opencti.http_proxy",
+          "opencti.https_proxy", "opencti.no_proxy", "manager.credentials_key_filepath")
 
 
-def _text(s: Settings, p: _Problems, dotted: str) -> str | None:
+def validate(settings: Settings, problems: Problems) -> None:
+    """The spec's validator, run at every start: types and bounds. What the source needs to
+    open (a token, a key, the files) is checked when it opens (:func:`read_config`)."""
+    for key in _FLAGS:
+        check_bool(settings, problems, key)
+    for key in _TIMEOUTS:
+        check_number(settings, problems, key, what="a positive number of seconds", minimum=0,
+                     maximum=MAX_TIMEOUT, above_minimum=True)
+    for key in _SCHEDULES:
+        check_number(settings, problems, key, what="a positive number of seconds", minimum=0,
+                     maximum=DAY, above_minimum=True)
+    ping = settings.get("manager.ping_alive_schedule")
+    if isinstance(ping, (int, float)) and not isinstance(ping, bool) and 300 <= ping <= DAY:
+        problems.add("manager.ping_alive_schedule", "must be under 300: the platform shows a "
+                                                    "manager inactive after 5 minutes without a ping")
+    for key in _TEXTS:
+        check_text(settings, problems, key, what="a string", optional=True)
+    pem = settings.get("manager.credentials_key")  # PEM text: its newlines are its own
+    if pem is not None and not isinstance(pem, str):
+        problems.add("manager.credentials_key", f"must be PEM text, not {describe(pem)}")
+    ca = settings.get("opencti.https_proxy_ca")
+    if ca is not None and not isinstance(ca, (str, list, Mapping)):
+        problems.add("opencti.https_proxy_ca", f"must be a list of PEM texts or file paths, not "
+                                               f"{describe(ca)}")
+
+
+def settings_spec() -> SettingsSpec:
+    return SettingsSpec(name="opencti", owns=OWNS, defaults=DEFAULTS, validator=validate)
+
+
+def _text(s: Settings, dotted: str) -> str | None:
     value = s.get(dotted)
-    if value in (None, ""):
-        return None
-    if not isinstance(value, str):
-        p.add(dotted, f"must be a string, not {type(value).__name__}")
-        return None
-    return value
+    return value if isinstance(value, str) and value.strip() else None
 
 
-def _secret_file(p: _Problems, dotted: str, path: str, what: str) -> str | None:
+def _secret_file(p: Problems, dotted: str, path: str, what: str) -> str | None:
     try:
         text = read_text(os.path.expanduser(path), limit=LIMIT_SECRET_FILE, what=what)
     except FileReadError as exc:
@@ -121,35 +149,35 @@ def _ca_list(value: Any) -> tuple[str, ...]:
 
 
 def read_config(settings: Settings) -> OpenCTIConfig:
-    """Every ``opencti.*`` and ``manager.*`` key the source uses, or one :class:`SettingsError`."""
+    """Every key the source uses, or one :class:`SettingsError` listing every problem: the
+    validator's, and what opening the source needs (a URL, a token, a key, readable files)."""
     s = settings
-    p = _Problems(s)
-    if not _flag(s, p, "opencti.enable", True):
+    p = Problems(s)
+    validate(s, p)
+    if s.get("opencti.enable") is False:
         p.add("opencti.enable", "is false: the opencti source serves no platform")
-    url = _text(s, p, "opencti.url")
+    url = _text(s, "opencti.url")
     if url is None:
         p.add("opencti.url", "is required: the platform's base URL, such as http://opencti:8080")
     elif not url.startswith(("http://", "https://")):
         p.add("opencti.url", f"must start with http:// or https://, not {redact.hide_userinfo(url)!r}")
-    token = _text(s, p, "opencti.token")
-    token_file = _text(s, p, "opencti.token_file")
+    token = _text(s, "opencti.token")
+    token_file = _text(s, "opencti.token_file")
     if token_file:
         if token:
             log.warning("both opencti.token and opencti.token_file are set: the file wins")
         text = _secret_file(p, "opencti.token_file", token_file, "opencti token file")
         token = (text or "").strip() or None
-        if token is None and not any(i.startswith("opencti.token_file") for i in p.items):
+        if text is not None and token is None:
             p.add("opencti.token_file", "the file is empty")
-    if token is None and not token_file:
+    elif token is None:
         p.add("opencti.token", "is required (or opencti.token_file): the API token of a platform "
                                "user with the capabilities CONNECTORAPI and SETTINGS_SETACCESSES")
     redact.register(token)
-    key_pem = _text(s, p, "manager.credentials_key")
-    key_path = _text(s, p, "manager.credentials_key_filepath")
+    key_pem = _text(s, "manager.credentials_key")
+    key_path = _text(s, "manager.credentials_key_filepath")
     key_origin = "manager.credentials_key"
     if key_pem:
-        from composer_plugins.opencti.crypto import register_pem
-
         register_pem(key_pem)
     if key_path:
         if key_pem:
@@ -158,43 +186,35 @@ def read_config(settings: Settings) -> OpenCTIConfig:
         key_pem = _secret_file(p, "manager.credentials_key_filepath", key_path, "private key file")
         key_origin = key_path
         if key_pem:
-            from composer_plugins.opencti.crypto import register_pem
-
             register_pem(key_pem)
     elif not key_pem:
         p.add("manager.credentials_key_filepath",
               "is required (or manager.credentials_key): the manager's RSA private key, which "
               "`xtm-composer keygen PATH` generates")
-    manager_id = _text(s, p, "manager.id") or ""
-    name = _text(s, p, "manager.name") or ""
+    name = _text(s, "manager.name") or ""
     if len(name.strip()) < 2:
         p.add("manager.name", "must be at least 2 characters, not blank (the platform refuses less)")
-    config: dict[str, Any] = dict(
-        verify_tls=not _flag(s, p, "opencti.unsecured_certificate", False),
-        connect_timeout=_seconds(s, p, "opencti.connect_timeout", 10),
-        request_timeout=_seconds(s, p, "opencti.request_timeout", 30),
-        listing_timeout=_seconds(s, p, "opencti.listing_timeout", LISTING_TIMEOUT),
-        execute_schedule=_seconds(s, p, "manager.execute_schedule", 10),
-        ping_schedule=_seconds(s, p, "manager.ping_alive_schedule", 60),
-        logs_schedule=_seconds(s, p, "opencti.logs_schedule", 10),
-        health_schedule=_seconds(s, p, "opencti.health_schedule", 30),
-        with_proxy=_flag(s, p, "opencti.with_proxy", False),
-        http_proxy=_text(s, p, "opencti.http_proxy"),
-        https_proxy=_text(s, p, "opencti.https_proxy"),
-        no_proxy=_text(s, p, "opencti.no_proxy"),
-        https_proxy_ca=_ca_list(s.get("opencti.https_proxy_ca")),
-        reject_unauthorized=_flag(s, p, "opencti.https_proxy_reject_unauthorized", True),
-    )
-    if config["ping_schedule"] >= 300:
-        p.add("manager.ping_alive_schedule", "must be under 300: the platform shows a manager "
-                                             "inactive after 5 minutes without a ping")
-    for proxy in (config["http_proxy"], config["https_proxy"]):
+    for proxy in (_text(s, "opencti.http_proxy"), _text(s, "opencti.https_proxy")):
         redact.register(proxy)  # a proxy URL may carry a password
     if p.items:
-        lines = "\n  ".join(p.items)
+        lines = "\n  ".join(str(problem) for problem in p.items)
         raise SettingsError(f"invalid settings for the opencti source:\n  {lines}",
                             hint="fix these keys (docs/opencti.md); `xtm-composer config show` "
                                  "prints the merged settings")
     assert url is not None and token is not None and key_pem is not None
-    return OpenCTIConfig(url=url, token=token, manager_id=manager_id, manager_name=name,
-                         key_pem=key_pem, key_origin=key_origin, **config)  # type: ignore[arg-type]
+    return OpenCTIConfig(
+        url=url, token=token, manager_id=str(s.get("manager.id")), manager_name=name,
+        key_pem=key_pem, key_origin=key_origin,
+        verify_tls=not s.get("opencti.unsecured_certificate"),
+        connect_timeout=float(s.get("opencti.connect_timeout")),
+        request_timeout=float(s.get("opencti.request_timeout")),
+        listing_timeout=float(s.get("opencti.listing_timeout")),
+        execute_schedule=float(s.get("manager.execute_schedule")),
+        ping_schedule=float(s.get("manager.ping_alive_schedule")),
+        logs_schedule=float(s.get("opencti.logs_schedule")),
+        health_schedule=float(s.get("opencti.health_schedule")),
+        with_proxy=bool(s.get("opencti.with_proxy")),
+        http_proxy=_text(s, "opencti.http_proxy"), https_proxy=_text(s, "opencti.https_proxy"),
+        no_proxy=_text(s, "opencti.no_proxy"),
+        https_proxy_ca=_ca_list(s.get("opencti.https_proxy_ca")),
+        reject_unauthorized=s.get("opencti.https_proxy_reject_unauthorized") is not False)
