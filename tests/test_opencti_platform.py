@@ -322,3 +322,64 @@ def test_apply_exits_16_without_touching_the_engine_when_the_platform_is_down(
     code, out, err = run_cli(["--runtime", "docker", "apply"])
     assert code == 2 and "opencti.enable" in err
     assert_no_secrets(out + err, [platform_token, *key_lines(key_pem())])
+
+
+def _tls_files(tmp_path) -> tuple[str, str, str]:
+    """A CA and a certificate for 127.0.0.1 it signed: (ca.pem, cert.pem, key.pem)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake platform test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return tuple(str(p) for p in paths)  # type: ignore[return-value]
+
+
+def test_tls_is_verified_against_the_trusted_ca_unless_unsecured(make_settings, tmp_path, platform_token,
+                                                                 monkeypatch, capfd) -> None:
+    ca, cert, key = _tls_files(tmp_path)
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    fake = FakePlatform(platform_token, tls=(cert, key)).start()
+    try:
+        base = {"opencti.url": fake.url, "opencti.token": platform_token}
+        with pytest.raises(PlatformError, match="TLS with the platform at https://127.0.0.1") as err:
+            PlatformClient(read_config(_with_key(make_settings, tmp_path, base))).version()
+        assert "SSL_CERT_FILE" in (err.value.hint or "")
+        for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+            monkeypatch.setenv(name, ca)  # honoured although with_proxy ignores the environment
+            assert PlatformClient(read_config(_with_key(make_settings, tmp_path, base))).version() == fake.version
+            monkeypatch.delenv(name)
+        unsecured = {**base, "opencti.unsecured_certificate": True}
+        assert PlatformClient(read_config(_with_key(make_settings, tmp_path, unsecured))).version() == fake.version
+        assert "InsecureRequestWarning" not in capfd.readouterr().err
+    finally:
+        fake.down()
+
+
+def _with_key(make_settings, tmp_path, overrides: dict[str, Any]) -> Any:
+    path = tmp_path / "tls-test-key.pem"
+    path.write_text(key_pem())
+    return make_settings({**overrides, "manager.credentials_key_filepath": str(path)})

@@ -11,6 +11,7 @@ when the first client is made.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from composer_core import redact
@@ -58,7 +59,15 @@ class PlatformClient:
             proxies = {k: v for k, v in (("http", config.http_proxy), ("https", config.https_proxy))
                        if v}
             self._session.proxies.update(proxies)
-        self._session.verify = config.verify_tls
+        # trust_env off also drops REQUESTS_CA_BUNDLE / SSL_CERT_FILE: honour them here, so that a
+        # platform behind a private CA is verified rather than reached with no verification
+        self._session.verify = _ca_bundle() if config.verify_tls else False
+        if not config.verify_tls:
+            import urllib3
+
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+            log.warning("opencti.unsecured_certificate: the platform's TLS certificate is not "
+                        "verified")
         self._session.headers.update({"Authorization": f"Bearer {config.token}",
                                       "Content-Type": "application/json",
                                       "Accept": "application/json"})
@@ -75,6 +84,12 @@ class PlatformClient:
         where = redact.hide_userinfo(self.config.graphql_url)
         try:
             response = self._session.post(self.config.graphql_url, json=body, timeout=timeout)
+        except requests.exceptions.SSLError as exc:
+            reason = redact.scrub(_first_line(exc))
+            raise PlatformError(f"{operation}: TLS with the platform at {where} failed: {reason}",
+                                hint="trust its certificate authority (SSL_CERT_FILE or "
+                                     "REQUESTS_CA_BUNDLE naming a PEM bundle), or set "
+                                     "opencti.unsecured_certificate: true (not for production)") from None
         except requests.Timeout:
             raise PlatformError(f"{operation}: the platform at {where} did not answer within "
                                 f"{timeout[1]:g} s", hint=_HINT) from None
@@ -147,6 +162,14 @@ class PlatformClient:
         self._call("UpdateConnectorHealth", REPORT_HEALTH, {"input": {
             "id": connector_id, "restart_count": restart_count, "started_at": started_at,
             "is_in_reboot_loop": in_reboot_loop}})
+
+
+def _ca_bundle() -> str | bool:
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        path = os.environ.get(name)
+        if path and os.path.isfile(path):
+            return path
+    return True
 
 
 _HINT = "check opencti.url and the network; the pass is skipped and nothing is changed"

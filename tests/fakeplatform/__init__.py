@@ -95,10 +95,13 @@ class FakePlatform:
     unreachable and back on the same port."""
 
     def __init__(self, token: str, *, version: str = "6.8.1", encryption_version: int = 2,
-                 capabilities: frozenset[str] = ALL_CAPABILITIES) -> None:
+                 capabilities: frozenset[str] = ALL_CAPABILITIES,
+                 tls: tuple[str, str] | None = None) -> None:
+        """``tls``: (certificate file, key file) to serve HTTPS instead of HTTP."""
         from graphql import build_schema
 
         self.users: dict[str, frozenset[str]] = {token: capabilities}
+        self.tls = tls
         self.version = version
         self.encryption_version = encryption_version
         self.schema = build_schema(SCHEMA_PATH.read_text(encoding="utf-8"))
@@ -117,7 +120,7 @@ class FakePlatform:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> FakePlatform:
         platform = self
@@ -156,6 +159,12 @@ class FakePlatform:
                 pass  # a client that gave up (a read timeout) is not the fake's failure
 
         self._server = Server(("127.0.0.1", self.port), Handler)
+        if self.tls:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-opencti",
                                         kwargs={"poll_interval": 0.1}, daemon=True)
