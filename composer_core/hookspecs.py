@@ -284,7 +284,7 @@ def composer_sources() -> DesiredStateSource | list[DesiredStateSource]:
         @hookimpl
         def composer_sources():
             def open_vault_fleet(settings, options):
-                return VaultFleet(settings["vault.url"])  # desired(), observe(), close()
+                return VaultFleet(settings.get("vault.url"))  # desired(), observe(), close()
             return DesiredStateSource(name="vault-fleet", open=open_vault_fleet, platform="vault",
                                       description="connectors listed in the team's vault")
 

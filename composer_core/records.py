@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     import click
 
+    from composer_core.fleet.sources import Source
     from composer_core.settings import Settings
     from composer_core.types import CredentialRequest, Credentials, LookupResult, Rewrite
     from composer_core.workload import Backend
@@ -142,7 +143,7 @@ class DesiredStateSource(Record):
     other's containers.
     """
 
-    open: Callable[[Settings, Mapping[str, Any]], Any]
+    open: Callable[[Settings, Mapping[str, Any]], Source]
     platform: str | None = None
     description: str = ""
     kind: ClassVar[str] = "desired-state source"

@@ -24,7 +24,7 @@ log = logging.getLogger("xtm_composer.run")
 
 class FileSource:
     name = "file"
-    platform = None
+    platform: str | None = None
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
