@@ -383,3 +383,26 @@ def _with_key(make_settings, tmp_path, overrides: dict[str, Any]) -> Any:
     path = tmp_path / "tls-test-key.pem"
     path.write_text(key_pem())
     return make_settings({**overrides, "manager.credentials_key_filepath": str(path)})
+
+
+def test_run_pings_from_its_own_thread_between_passes(platform, opencti_settings) -> None:
+    """A long pass (a slow pull) must not let the platform see the manager inactive: in `run`
+    the ping has a thread of its own, which also registers again on a version change."""
+    import time
+
+    source = open_opencti_source(opencti_settings({"manager.ping_alive_schedule": 0.2}), {})
+    try:
+        source.desired()  # registers, and starts the pinger
+        deadline = time.monotonic() + 20
+        while platform.operations().count("UpdateConnectorManagerStatus") < 2:
+            assert time.monotonic() < deadline, "no ping without a pass"
+            time.sleep(0.05)
+        assert platform.operations().count("GetConnectors") == 1  # no pass ran meanwhile
+        platform.version = "7.0.0"
+        while platform.manager["registrations"] < 2:
+            assert time.monotonic() < deadline, "no registration on the version change"
+            time.sleep(0.05)
+        assert source.version == "7.0.0"
+    finally:
+        source.close()
+    assert source._pinger is not None and not source._pinger.is_alive()

@@ -1,9 +1,10 @@
 """The ``opencti`` source: the loop side of the platform protocol.
 
 Every pass (``desired``): register first (GetVersion, then RegisterConnectorsManager; retried every
-``manager.ping_alive_schedule`` while the platform does not answer), ping every
-``ping_alive_schedule`` and register again when the platform's version changed (a failed ping goes
-back to GetVersion), then list the connectors (GetConnectors). Any failure there raises
+``manager.ping_alive_schedule`` while the platform does not answer), then list the connectors
+(GetConnectors). Pings go every ``ping_alive_schedule`` (from a thread of their own in ``run``, so
+that a long pass never lets the manager look inactive; else checked at each pass) and register
+again when the platform's version changed; a failed ping goes back to GetVersion. Any failure there raises
 :class:`~composer_core.fleet.sources.SourceUnavailable`: the pass is skipped, nothing is removed.
 
 After a pass (``observe``): the status each connector's container shows is reported when it
@@ -16,6 +17,7 @@ has its own log and health timers: upstream's shared ones starve all but one con
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -57,7 +59,7 @@ class OpenCTISource:
 
     def __init__(self, config: OpenCTIConfig, *, client: PlatformClient | None = None,
                  key: ManagerKey | None = None, clock: Callable[[], float] = time.monotonic,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, ping_thread: bool = False) -> None:
         self.config = config
         self.key = key or load_private_key(config.key_pem, config.key_origin)
         self.client = client or PlatformClient(config)
@@ -71,6 +73,12 @@ class OpenCTISource:
         self._reported: dict[str, tuple[str, str | None]] = {}
         self._timers: dict[str, _Timers] = {}
         self._held: dict[str, str] = {}
+        #: ping from a thread of its own (``run``), so that a long pass (a slow pull) never lets
+        #: the platform see the manager inactive; without it the ping is checked at each pass
+        self._ping_thread = ping_thread
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._pinger: threading.Thread | None = None
 
     def describe(self) -> str:
         return (f"the OpenCTI platform at {redact.hide_userinfo(self.config.url)} (manager "
@@ -91,15 +99,25 @@ class OpenCTISource:
                  self.config.manager_id, self.config.manager_name, self.version)
 
     def ensure_registered(self) -> None:
-        now = self.clock()
-        if not self.registered:
-            self._register(now)
-            return
-        if now < self._next_ping:
-            return
-        self._next_ping = now + self.config.ping_schedule
+        with self._lock:
+            now = self.clock()
+            if not self.registered:
+                self._register(now)
+                if self._ping_thread and self._pinger is None:
+                    self._pinger = threading.Thread(target=self._ping_loop, daemon=True,
+                                                    name="xtm-opencti-ping")
+                    self._pinger.start()
+                return
+            if self._pinger is not None or now < self._next_ping:
+                return
+            self._next_ping = now + self.config.ping_schedule
+            self._ping(self.client, now)
+
+    def _ping(self, client: PlatformClient, now: float) -> None:
+        """One ping (under the lock); a failure goes back to GetVersion, a new version registers
+        again."""
         try:
-            version = self.client.ping()
+            version = client.ping()
         except PlatformError:
             self.registered = False  # back to GetVersion, at once and then every ping schedule
             self._next_attempt = now
@@ -107,8 +125,22 @@ class OpenCTISource:
         if version and version != self.version:
             log.info("the platform's version changed (%s -> %s): registering again",
                      self.version, version)
-            self.client.register(self.key.public_pkcs1)
+            client.register(self.key.public_pkcs1)
             self.version = version
+
+    def _ping_loop(self) -> None:
+        client = PlatformClient(self.config)  # a session of its own: the pass uses the other
+        try:
+            while not self._stop.wait(self.config.ping_schedule):
+                with self._lock:
+                    if not self.registered:
+                        continue  # the next pass registers again, on the ping schedule
+                    try:
+                        self._ping(client, self.clock())
+                    except PlatformError as exc:
+                        log.warning("ping failed: %s", redact.scrub(exc.message))
+        finally:
+            client.close()
 
     # --- the desired state ------------------------------------------------------------------
 
@@ -185,6 +217,9 @@ class OpenCTISource:
         self.client.report_health(cid, detail.restart_count, started_at, looping)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._pinger is not None:
+            self._pinger.join(timeout=self.config.request_timeout + self.config.connect_timeout + 1)
         self.client.close()
 
 
@@ -198,4 +233,4 @@ def open_opencti_source(settings: Any, options: Mapping[str, Any]) -> OpenCTISou
                             "a CA bundle (the engines have no bind mounts yet): they would not "
                             "trust the proxy", hint="unset opencti.https_proxy_ca, or bake the CA "
                                                     "into the connector images")
-    return OpenCTISource(config)
+    return OpenCTISource(config, ping_thread=True)
