@@ -4,6 +4,7 @@ the mapping to connectors."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from typing import Any
@@ -406,3 +407,25 @@ def test_run_pings_from_its_own_thread_between_passes(platform, opencti_settings
     finally:
         source.close()
     assert source._pinger is not None and not source._pinger.is_alive()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_platform_encrypting_with_node_is_decrypted_end_to_end(make_settings, tmp_path, platform_token,
+                                                                 version) -> None:
+    """The fake platform with Node.js's crypto as its encryption (as the real platform): the
+    password field and the token decrypt through the whole source, both versions."""
+    from tests.fakeplatform import node_encrypt_value
+
+    fake = FakePlatform(platform_token, encrypt=node_encrypt_value, encryption_version=version).start()
+    try:
+        source = _source(_with_key(make_settings, tmp_path, {"opencti.url": fake.url,
+                                                             "opencti.token": platform_token}))
+        source.desired()
+        cid = fake.add_connector("misp", "opencti/connector-misp:6.8.1",
+                                 passwords={"MISP_KEY": "näive-secret-✓"})
+        (connector,) = source.desired().connectors
+        assert connector.env["MISP_KEY"] == "näive-secret-✓"
+        assert connector.env["OPENCTI_TOKEN"] == fake.get(cid).token
+        assert base64.b64decode(fake.get(cid).values["MISP_KEY"][0] or "")[0] == version
+    finally:
+        fake.down()

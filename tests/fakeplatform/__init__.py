@@ -65,6 +65,24 @@ def encrypt_value(public_pem: str, value: str, version: int = 2) -> str:
     return base64.b64encode(bytes([version]) + block + sealed).decode("ascii")
 
 
+NODE_SCRIPT = Path(__file__).resolve().parent.parent / "opencti_encrypt.mjs"
+
+
+def node_encrypt_value(public_pem: str, value: str, version: int = 2) -> str:
+    """The same encryption done by Node.js's crypto, as the platform does it
+    (``tests/opencti_encrypt.mjs``)."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("node is needed for the second implementation of the encryption")
+    out = subprocess.run([node, str(NODE_SCRIPT)], input=json.dumps(
+        {"public_key": public_pem, "values": [value], "version": version}),
+        capture_output=True, text=True, timeout=60, check=True)
+    return str(json.loads(out.stdout)[0])
+
+
 def sanitize_name(name: str) -> str:
     """``managedConnectorAdd``'s rule."""
     cleaned = re.sub(r"[^a-zA-Z0-9]+", "-", name).lower().strip("-")[:63].strip("-")
@@ -96,12 +114,14 @@ class FakePlatform:
 
     def __init__(self, token: str, *, version: str = "6.8.1", encryption_version: int = 2,
                  capabilities: frozenset[str] = ALL_CAPABILITIES,
-                 tls: tuple[str, str] | None = None) -> None:
-        """``tls``: (certificate file, key file) to serve HTTPS instead of HTTP."""
+                 tls: tuple[str, str] | None = None, encrypt: Any = encrypt_value) -> None:
+        """``tls``: (certificate file, key file) to serve HTTPS instead of HTTP; ``encrypt``:
+        :func:`encrypt_value` (Python) or :func:`node_encrypt_value` (Node.js's crypto)."""
         from graphql import build_schema
 
         self.users: dict[str, frozenset[str]] = {token: capabilities}
         self.tls = tls
+        self.encrypt = encrypt
         self.version = version
         self.encryption_version = encryption_version
         self.schema = build_schema(SCHEMA_PATH.read_text(encoding="utf-8"))
@@ -308,8 +328,8 @@ class FakePlatform:
     def _configuration(self, c: FakeConnector) -> list[dict[str, Any]]:
         assert self.manager is not None
         if c.token_ciphertext is None:  # the platform caches it: stable while it is polled
-            c.token_ciphertext = encrypt_value(self.manager["public_key"], c.token,
-                                               self.encryption_version)
+            c.token_ciphertext = self.encrypt(self.manager["public_key"], c.token,
+                                              self.encryption_version)
         items = [{"key": k, "value": v, "encrypted": True if secret else None}
                  for k, (v, secret) in c.values.items()]
         items += [{"key": "CONNECTOR_ID", "value": c.id, "encrypted": None},
@@ -376,8 +396,8 @@ class FakePlatform:
             cid = str(uuid.uuid4())
             stored: dict[str, tuple[str | None, bool]] = {k: (v, False) for k, v in (values or {}).items()}
             for key, secret in (passwords or {}).items():
-                stored[key] = (encrypt_value(self.manager["public_key"], secret,
-                                             self.encryption_version), True)
+                stored[key] = (self.encrypt(self.manager["public_key"], secret,
+                                            self.encryption_version), True)
             self.connectors[cid] = FakeConnector(cid, sanitize_name(name), image, stored,
                                                  token=str(uuid.uuid4()))
             return cid
@@ -390,8 +410,8 @@ class FakePlatform:
             for key, value in (values or {}).items():
                 c.values[key] = (value, False)
             for key, secret in (passwords or {}).items():
-                c.values[key] = (encrypt_value(self.manager["public_key"], secret,
-                                               self.encryption_version), True)
+                c.values[key] = (self.encrypt(self.manager["public_key"], secret,
+                                              self.encryption_version), True)
 
     def plant_raw(self, cid: str, key: str, stored: str) -> None:
         """Store a value marked encrypted as it is (for undecryptable-value tests)."""
