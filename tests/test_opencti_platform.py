@@ -95,7 +95,9 @@ def test_token_file_and_key_file_win_and_are_secrets(make_settings, tmp_path, ca
     monkeypatch.setenv("MANAGER__CREDENTIALS_KEY", key_pem(3072))
     code, out, err = run_cli(["config", "show", "--json"])
     assert code == 0, err
-    assert json.loads(out)["opencti"]["token"] == "******"
+    shown = json.loads(out)["opencti"]
+    assert shown["token"] == "******"
+    assert shown["https_proxy_reject_unauthorized"] is True  # a switch, not a secret: shown as it is
     assert_no_secrets(out + err + caplog.text, ["inline-token-999", "file-token-1234567",
                                                 *key_lines(key_pem(3072))])
 
