@@ -216,3 +216,32 @@ def test_the_platform_drives_the_fleet_end_to_end(engine, bench, manager, platfo
     assert "registering again" in err
     assert_no_secrets(log, [platform_token, password, bench.password, platform.get(misp).token,
                             *key_lines(key_file.read_text())])
+
+
+def test_apply_reports_a_held_connector_and_exits_14(engine, bench, manager, platform, platform_token,
+                                                     key_file: Path, run_cli, monkeypatch) -> None:
+    """One pass with the platform as the source: the deployable connector is deployed, the one
+    whose secret cannot be decrypted is held and reported, and the exit code says so (14), with
+    --json as without."""
+    for name, value in {"MANAGER__ID": manager, "MANAGER__SOURCE": "opencti",
+                        "MANAGER__CREDENTIALS_KEY_FILEPATH": str(key_file),
+                        "OPENCTI__URL": platform.url, "OPENCTI__TOKEN": platform_token,
+                        "OPENCTI__DAEMON__DOCKER__REGISTRY__URL": bench.registry_private,
+                        "OPENCTI__DAEMON__DOCKER__REGISTRY__USERNAME": bench.username,
+                        "OPENCTI__DAEMON__DOCKER__REGISTRY__PASSWORD": bench.password}.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run_cli(["--runtime", engine, "apply", "--dry-run"])  # registers: nothing listed yet
+    assert code == 0, err
+    good = platform.add_connector("good one", bench.image)
+    bad = platform.add_connector("bad one", bench.image, passwords={"API_KEY": "api-key-0123456789"})
+    platform.plant_raw(bad, "API_KEY", "Ag" + "A" * 400 + "==")
+    code, out, err = run_cli(["--runtime", engine, "apply", "--json"])
+    report = json.loads(out)
+    steps = {a["id"]: a for a in report["actions"]}
+    assert (steps[good]["action"], steps[good]["result"]) == ("deploy", "ok")
+    assert steps[bad]["result"] == "failed" and "API_KEY cannot be decrypted" in steps[bad]["reason"]
+    assert code == 14, err
+    assert set(_containers(engine, bench, manager)) == {"good-one"}
+    assert platform.get(good).current == "stopped"  # requested stopped at creation: created, not started
+    assert_no_secrets(out + err, [platform_token, "api-key-0123456789", bench.password,
+                                  platform.get(good).token, *key_lines(key_file.read_text())])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -96,7 +97,9 @@ def apply_command(path: str | None, dry_run: bool, stop_timeout: int, as_json: b
                             hint="the other actions were done; see the errors above and rerun")
         if as_json:
             click.echo(redact.scrub(f"error: {error}"), err=True)
-            raise click.exceptions.Exit(error.exit_code)
+            # not click's Exit: the entry point runs click with standalone_mode=False, which
+            # returns an Exit's code instead of exiting with it (the JSON run exited 0)
+            sys.exit(error.exit_code)
         raise error
 
 
