@@ -431,3 +431,30 @@ def test_a_platform_encrypting_with_node_is_decrypted_end_to_end(make_settings, 
         assert base64.b64decode(fake.get(cid).values["MISP_KEY"][0] or "")[0] == version
     finally:
         fake.down()
+
+
+def test_status_without_an_engine_still_shows_the_platform_side(platform, run_cli, monkeypatch, tmp_path,
+                                                                platform_token, make_settings) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nothing.sock")
+    key = tmp_path / "k.pem"
+    key.write_text(key_pem())
+    for name, value in {"OPENCTI__URL": platform.url, "OPENCTI__TOKEN": platform_token,
+                        "MANAGER__CREDENTIALS_KEY_FILEPATH": str(key),
+                        "MANAGER__ID": "status-manager"}.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run_cli(["--runtime", "docker", "opencti", "status", "--json"])
+    report = json.loads(out)
+    assert code == 0 and report["manager"]["registered"] is False and report["connectors"] == []
+    assert any("does not know manager 'status-manager'" in e for e in report["errors"])
+    assert platform.manager is None  # status never registers
+    client = PlatformClient(read_config(_with_key(make_settings, tmp_path, {
+        "opencti.url": platform.url, "opencti.token": platform_token, "manager.id": "status-manager"})))
+    client.register(load_private_key(key_pem(), "k").public_pkcs1)
+    cid = platform.add_connector("feed", "opencti/connector-feed:6.8.1", passwords={"FEED_KEY": "feed-key-12345"})
+    code, out, err = run_cli(["--runtime", "docker", "opencti", "status"])
+    assert code == 0, err
+    assert "reachable, OpenCTI 6.8.1" in out and "registered, active" in out
+    assert cid in out and "docker.io/opencti/connector-feed:6.8.1" in out and "anonymous" in out
+    assert "unknown: the engine" in out and "ok" in out
+    assert_no_secrets(out + err, [platform_token, "feed-key-12345", platform.get(cid).token,
+                                  *key_lines(key_pem())])
