@@ -274,7 +274,7 @@ def composer_sources() -> DesiredStateSource | list[DesiredStateSource]:
       ``platform`` (no such label when ``platform`` is ``None``). A source never touches another's
       containers, so several sources can serve one ``manager.id`` side by side, one process each;
       a connector whose name is held by another source's container is held, not deployed;
-    * ``observe(observation)`` receives the pass and the containers as they are after it (a
+    * ``observe(observation)`` receives the pass and the workloads as observed after it (a
       :class:`~composer_core.fleet.sources.Observation`), to report status, logs or health back;
       it should not raise (an exception is logged and the loop goes on);
     * ``close()`` when the command ends.

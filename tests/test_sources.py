@@ -146,51 +146,51 @@ def test_an_unavailable_source_changes_nothing_and_calls_no_engine(memory, plugi
 
 @pytest.mark.integration
 def test_sources_side_by_side_never_touch_each_other(engine, bench, manager, engine_settings, plugins,
-                                                     connect, memory, tmp_path) -> None:
+                                                     connect_backend, memory, tmp_path) -> None:
     settings = engine_settings()
-    runtime = connect(settings)
+    backend = connect_backend(settings)
     image = f"{bench.registry_open}/{bench.image}"
     from_file, from_memory = unique("xtm-src-file"), unique("xtm-src-mem")
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"connectors": [{"id": from_file, "name": from_file, "image": image}]}))
     try:
         file_source = FileSource(str(path))
-        first = run_source_pass(runtime, settings, plugins, file_source, stop_timeout=1)
+        first = run_source_pass(backend, settings, plugins, file_source, stop_timeout=1)
         assert [(s.id, s.action, s.result) for s in first.steps] == [(from_file, "deploy", "ok")]
 
         memory.source.connectors = [Connector(id=from_memory, name=from_memory, image=image)]
-        second = run_source_pass(runtime, settings, plugins, memory.source, stop_timeout=1)
+        second = run_source_pass(backend, settings, plugins, memory.source, stop_timeout=1)
         # the file's container is not the memory source's: not an orphan to remove
         assert [(s.id, s.action, s.result) for s in second.steps] == [(from_memory, "deploy", "ok")]
-        labels = {c.name: c.labels for c in runtime.list({LABEL_MANAGER: manager})}
+        labels = {c.name: c.labels for c in backend.observe({LABEL_MANAGER: manager})}
         assert labels[from_memory][LABEL_PLATFORM] == "memory"
         assert LABEL_PLATFORM not in labels[from_file]  # the file source's containers, as before
         (observed,) = memory.source.observed
         assert [c.name for c in observed.containers] == [from_memory]
 
         # the file pass does not see the memory source's container either
-        third = run_source_pass(runtime, settings, plugins, file_source, stop_timeout=1)
+        third = run_source_pass(backend, settings, plugins, file_source, stop_timeout=1)
         assert [(s.id, s.action) for s in third.steps] == [(from_file, "nothing")]
 
         # a connector wanting a name another source's container holds is held, not deployed
         memory.source.connectors = [Connector(id="intruder", name=from_file, image=image, env={"X": "1"})]
-        fourth = run_source_pass(runtime, settings, plugins, memory.source, stop_timeout=1)
+        fourth = run_source_pass(backend, settings, plugins, memory.source, stop_timeout=1)
         steps = {(s.id, s.action, s.result) for s in fourth.steps}
         assert ("intruder", "nothing", "failed") in steps
         assert (from_memory, "remove", "ok") in steps  # its own orphan goes
         intruder = next(s for s in fourth.steps if s.id == "intruder")
         assert "name collision" in intruder.reason
-        after = {c.name: c for c in runtime.list({LABEL_MANAGER: manager})}
+        after = {c.name: c for c in backend.observe({LABEL_MANAGER: manager})}
         assert set(after) == {from_file} and after[from_file].labels[LABEL_CONNECTOR] == from_file
 
         # held connectors keep their container, whatever it is
         memory.source.connectors = [Connector(id=from_memory, name=from_memory, image=image)]
-        run_source_pass(runtime, settings, plugins, memory.source, stop_timeout=1)
+        run_source_pass(backend, settings, plugins, memory.source, stop_timeout=1)
         memory.source.connectors = []
         memory.source.held = {from_memory: "a secret cannot be decrypted"}
-        fifth = run_source_pass(runtime, settings, plugins, memory.source, stop_timeout=1)
+        fifth = run_source_pass(backend, settings, plugins, memory.source, stop_timeout=1)
         assert [(s.id, s.action, s.result) for s in fifth.steps] == [(from_memory, "nothing", "failed")]
-        assert {c.name for c in runtime.list({LABEL_MANAGER: manager})} == {from_file, from_memory}
+        assert {c.name for c in backend.observe({LABEL_MANAGER: manager})} == {from_file, from_memory}
     finally:
         remove_by_name(engine, bench, from_file)
         remove_by_name(engine, bench, from_memory)

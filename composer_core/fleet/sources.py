@@ -12,18 +12,18 @@ container another source deployed, and several sources can serve one manager sid
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from composer_core.engine.deploy import Deployer
 from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_MANAGER
 from composer_core.errors import ComposerError, PluginError
 from composer_core.fleet.connectors import Connector
 from composer_core.fleet.reconcile import Pass, PlannedStep, Reconciler
 from composer_core.pluginmanager import Plugins
 from composer_core.settings import Settings
-from composer_core.types import ContainerInfo, ContainerSpec, Runtime
+from composer_core.types import PullProgress
+from composer_core.workload import Applied, Backend, Observed, Workload
 
 log = logging.getLogger("xtm_composer.sources")
 
@@ -56,11 +56,12 @@ class DesiredState:
 
 @dataclass
 class Observation:
-    """A pass as the source hears it: the pass, and this source's containers after it."""
+    """A pass as the source hears it: the pass, this source's workloads as observed after it,
+    and the backend (for their logs)."""
 
     result: Pass
-    containers: list[ContainerInfo]
-    runtime: Runtime
+    containers: list[Observed]
+    backend: Backend
     dry_run: bool = False
 
 
@@ -77,15 +78,15 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-def platform_of(info: ContainerInfo) -> str | None:
+def platform_of(info: Observed) -> str | None:
     return info.labels.get(LABEL_PLATFORM) or info.labels.get(XTM_LABEL_PLATFORM) or None
 
 
-def connector_of(info: ContainerInfo) -> str | None:
+def connector_of(info: Observed) -> str | None:
     return info.labels.get(LABEL_CONNECTOR) or info.labels.get(XTM_LABEL_CONNECTOR) or None
 
 
-def owns(platform: str | None, info: ContainerInfo) -> bool:
+def owns(platform: str | None, info: Observed) -> bool:
     """A source owns the containers labelled with its platform; the unlabelled ones belong to the
     source without a platform (``file``)."""
     return platform_of(info) == platform
@@ -109,48 +110,54 @@ def open_source(settings: Settings, plugins: Plugins, options: Mapping[str, Any]
     return source
 
 
-class _LabellingRuntime:
-    """The runtime, with the source's platform label added to every container it creates."""
+class _LabellingBackend:
+    """The backend, with the source's platform label added to every workload applied."""
 
-    def __init__(self, runtime: Runtime, labels: Mapping[str, str]) -> None:
-        self._runtime = runtime
+    def __init__(self, backend: Backend, labels: Mapping[str, str]) -> None:
+        self._backend = backend
         self._labels = dict(labels)
 
-    def create(self, spec: ContainerSpec) -> ContainerInfo:
-        return self._runtime.create(replace(spec, labels={**spec.labels, **self._labels}))
+    def apply(self, workload: Workload, current: Observed | None, *,
+              progress: Callable[[PullProgress], None] | None = None) -> Applied:
+        labelled = replace(workload, labels={**workload.labels, **self._labels})
+        return self._backend.apply(labelled, current, progress=progress)
+
+    @property
+    def stop_timeout(self) -> Any:  # the core sets it when the backend has one
+        return self._backend.stop_timeout  # type: ignore[attr-defined]
+
+    @stop_timeout.setter
+    def stop_timeout(self, seconds: int) -> None:
+        self._backend.stop_timeout = seconds  # type: ignore[attr-defined]
 
     def __getattr__(self, attr: str) -> Any:
-        return getattr(self._runtime, attr)
+        return getattr(self._backend, attr)
 
 
 class SourceReconciler(Reconciler):
     """A :class:`Reconciler` that sees only the containers its source owns, keeps held
     connectors' containers out of the plan, and labels what it creates with the platform."""
 
-    def __init__(self, runtime: Runtime, settings: Settings, plugins: Plugins, source: Source,
+    def __init__(self, backend: Backend, settings: Settings, plugins: Plugins, source: Source,
                  **options: Any) -> None:
-        labelled: Runtime = runtime
         if source.platform is not None:
-            labelled = _LabellingRuntime(runtime, {LABEL_PLATFORM: source.platform})  # type: ignore[assignment]
-        stop_timeout = options.get("stop_timeout", 10)
-        options.setdefault("deployer_factory", lambda: Deployer(labelled, settings, plugins,
-                                                                stop_timeout=stop_timeout))
-        super().__init__(runtime, settings, plugins, **options)
+            backend = _LabellingBackend(backend, {LABEL_PLATFORM: source.platform})  # type: ignore[assignment]
+        super().__init__(backend, settings, plugins, **options)
         self.source = source
         self._held: set[str] = set()
-        self.all_containers: list[ContainerInfo] = []
+        self.all_containers: list[Observed] = []
         self._listed = False
 
-    def containers(self) -> list[ContainerInfo]:
-        # one engine list per pass: run_desired listed already
+    def observe(self) -> list[Observed]:
+        # one observation per pass: run_desired made it already
         if not self._listed:
-            self.all_containers = self.runtime.list({LABEL_MANAGER: self.manager})
+            self.all_containers = self.backend.observe({LABEL_MANAGER: self.manager})
         self._listed = False
         return [c for c in self.all_containers
                 if owns(self.source.platform, c) and connector_of(c) not in self._held]
 
-    def owned(self) -> list[ContainerInfo]:
-        return [c for c in self.runtime.list({LABEL_MANAGER: self.manager})
+    def owned(self) -> list[Observed]:
+        return [c for c in self.backend.observe({LABEL_MANAGER: self.manager})
                 if owns(self.source.platform, c)]
 
     def run_desired(self, state: DesiredState, *, dry_run: bool = False) -> Pass:
@@ -160,7 +167,7 @@ class SourceReconciler(Reconciler):
         names = dict(state.names)
         connectors = list(state.connectors)
         self._held = set(held)
-        self.all_containers = self.runtime.list({LABEL_MANAGER: self.manager})
+        self.all_containers = self.backend.observe({LABEL_MANAGER: self.manager})
         self._listed = True
         taken = {c.name: c for c in self.all_containers if not owns(self.source.platform, c)}
         for connector in list(connectors):
@@ -181,7 +188,7 @@ class SourceReconciler(Reconciler):
         return result
 
 
-def run_source_pass(runtime: Runtime, settings: Settings, plugins: Plugins, source: Source, *,
+def run_source_pass(backend: Backend, settings: Settings, plugins: Plugins, source: Source, *,
                     state: DesiredState | None = None, dry_run: bool = False,
                     **options: Any) -> Pass:
     """Ask the source (unless ``state`` is its answer already), run the pass over its
@@ -189,13 +196,13 @@ def run_source_pass(runtime: Runtime, settings: Settings, plugins: Plugins, sour
     source cannot answer. ``options`` go to the :class:`Reconciler`."""
     if state is None:
         state = source.desired()
-    reconciler = SourceReconciler(runtime, settings, plugins, source, **options)
+    reconciler = SourceReconciler(backend, settings, plugins, source, **options)
     result = reconciler.run_desired(state, dry_run=dry_run)
     changed = any(s.action != "nothing" for s in result.steps) and not dry_run
     after = reconciler.owned() if changed else [
         c for c in reconciler.all_containers if owns(source.platform, c)]
     try:
-        source.observe(Observation(result, after, runtime, dry_run))
+        source.observe(Observation(result, after, backend, dry_run))
     except Exception as exc:  # noqa: BLE001 - reporting must never break the pass
         from composer_core import redact
 

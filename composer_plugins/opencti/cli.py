@@ -24,16 +24,16 @@ def _engine_plan(app: Any, source: Any, state: Any) -> tuple[dict[str, Any], str
     from composer_core.fleet.sources import SourceReconciler
 
     try:
-        runtime = connect_runtime(app.settings, app.plugins, app.runtime_override)
+        backend = connect_runtime(app.settings, app.plugins, app.runtime_override)
     except Exception as exc:  # noqa: BLE001 - the platform side is still worth showing
         return {}, _first(exc)
     try:
-        result = SourceReconciler(runtime, app.settings, app.plugins, source).run_desired(
+        result = SourceReconciler(backend, app.settings, app.plugins, source).run_desired(
             state, dry_run=True)
     except Exception as exc:  # noqa: BLE001
         return {}, _first(exc)
     finally:
-        runtime.close()
+        backend.close()
     plan: dict[str, Any] = {}
     for step in result.steps:
         plan.setdefault(step.id, []).append(f"{step.action} {step.name}: {step.reason}")

@@ -26,10 +26,10 @@ from typing import Any
 
 from composer_core import redact
 from composer_core.errors import ComposerError
-from composer_core.fleet.reconcile import LOOP_RESTARTS, LOOP_UPTIME_SECONDS, RUNNING
+from composer_core.fleet.reconcile import LOOP_RESTARTS, LOOP_UPTIME_SECONDS
 from composer_core.fleet.sources import DesiredState, Observation, SourceUnavailable, connector_of
 from composer_core.timestamps import parse_time, seconds_since
-from composer_core.types import ContainerInfo, Runtime
+from composer_core.workload import Backend, Observed
 from composer_plugins.opencti.client import PlatformClient, PlatformError
 from composer_plugins.opencti.config import OpenCTIConfig
 from composer_plugins.opencti.crypto import ManagerKey, load_private_key
@@ -37,6 +37,8 @@ from composer_plugins.opencti.mapping import Mapped, map_listing
 
 log = logging.getLogger("xtm_composer.opencti")
 LOG_LINES = 100
+#: observed states reported to the platform as started (the engine restarting it included)
+RUNNING = ("started", "restarting")
 
 
 @dataclass
@@ -163,7 +165,7 @@ class OpenCTISource:
     def observe(self, observation: Observation) -> None:
         if observation.dry_run:
             return
-        by_id: dict[str, ContainerInfo] = {}
+        by_id: dict[str, Observed] = {}
         for info in observation.containers:
             cid = connector_of(info)
             if cid is not None and (cid not in by_id or info.name in {m.name for m in self.listing}):
@@ -172,7 +174,7 @@ class OpenCTISource:
         for gone in set(self._timers) - listed:
             del self._timers[gone]
         for m in self.listing:
-            self._report_one(m, by_id.get(m.id), observation.runtime)
+            self._report_one(m, by_id.get(m.id), observation.backend)
 
     def _quietly(self, what: str, cid: str, action: Callable[[], Any]) -> None:
         try:
@@ -183,8 +185,8 @@ class OpenCTISource:
             log.warning("connector %s: %s failed: %s", cid, what,
                         redact.scrub(f"{type(exc).__name__}: {exc}"))
 
-    def _report_one(self, m: Mapped, info: ContainerInfo | None, runtime: Runtime) -> None:
-        observed = "started" if info is not None and info.status in RUNNING else "stopped"
+    def _report_one(self, m: Mapped, info: Observed | None, backend: Backend) -> None:
+        observed = "started" if info is not None and info.state in RUNNING else "stopped"
         if m.current != observed and self._reported.get(m.id) != (observed, m.current):
             def send() -> None:
                 self.client.report_status(m.id, observed)
@@ -195,26 +197,31 @@ class OpenCTISource:
         now = self.clock()
         if info is not None and now >= timers.next_logs:
             timers.next_logs = now + self.config.logs_schedule
-            self._quietly("pushing its logs", m.id, lambda: self._push_logs(m.id, info, runtime))
+            self._quietly("pushing its logs", m.id, lambda: self._push_logs(m.id, info, backend))
         if observed == "started" and (not timers.started or now >= timers.next_health):
             assert info is not None
             timers.next_health = now + self.config.health_schedule
-            self._quietly("pushing its health", m.id, lambda: self._push_health(m.id, info, runtime))
+            self._quietly("pushing its health", m.id, lambda: self._push_health(m.id, info, backend))
         timers.started = observed == "started"
 
-    def _push_logs(self, cid: str, info: ContainerInfo, runtime: Runtime) -> None:
-        lines = runtime.logs(info.id, tail=LOG_LINES).splitlines()[-LOG_LINES:]
+    def _push_logs(self, cid: str, info: Observed, backend: Backend) -> None:
+        lines = backend.logs(info, LOG_LINES).splitlines()[-LOG_LINES:]
         self.client.report_logs(cid, lines)
 
-    def _push_health(self, cid: str, info: ContainerInfo, runtime: Runtime) -> None:
-        detail = runtime.inspect(info.id) or info
-        started_at = rfc3339(detail.started_at)
+    def _push_health(self, cid: str, info: Observed, backend: Backend) -> None:
+        restarts, started = info.restart_count, info.started_at
+        # a single host's list carries neither the start time nor the restart count: inspect
+        runtime = getattr(backend, "runtime", None)
+        if runtime is not None and callable(getattr(runtime, "inspect", None)):
+            detail = runtime.inspect(info.id)
+            if detail is not None:
+                restarts, started = detail.restart_count, detail.started_at
+        started_at = rfc3339(started)
         if started_at is None:
             return  # the platform needs the start time: nothing to say yet
-        uptime = seconds_since(detail.started_at)
-        looping = detail.restart_count > LOOP_RESTARTS and (uptime is None
-                                                           or uptime < LOOP_UPTIME_SECONDS)
-        self.client.report_health(cid, detail.restart_count, started_at, looping)
+        uptime = seconds_since(started)
+        looping = restarts > LOOP_RESTARTS and (uptime is None or uptime < LOOP_UPTIME_SECONDS)
+        self.client.report_health(cid, restarts, started_at, looping)
 
     def close(self) -> None:
         self._stop.set()
