@@ -45,7 +45,12 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from composer_core.records import CredentialProvider, ImageResolver, RuntimeBackend
+    from composer_core.records import (
+        CredentialProvider,
+        DesiredStateSource,
+        ImageResolver,
+        RuntimeBackend,
+    )
     from composer_core.settings.spec import SettingsSpec
 
 #: The pluggy project name, which is also the entry-point group plugins register under.
@@ -242,4 +247,46 @@ def composer_settings() -> SettingsSpec | list[SettingsSpec]:
 
     Settings live under the sections ``manager``, ``opencti``, ``auth``, ``images`` and
     ``plugins``: a plugin's own keys go under one of them, as ``auth.vault`` does here.
+    """
+
+
+@hookspec
+def composer_sources() -> DesiredStateSource | list[DesiredStateSource]:
+    """Contribute desired-state sources: where ``apply`` and ``run`` learn which connectors to run.
+
+    Called once per process, when the plugins load. Return one
+    :class:`~composer_core.records.DesiredStateSource` or a list. Built-ins: ``file`` (the
+    connectors file of ``-f FILE``) and ``opencti`` (the OpenCTI platform, as XTM Composer serves it).
+
+    ``apply`` and ``run`` use the source named by the setting ``manager.source`` (default ``file``);
+    ``-f FILE`` means ``file``. They call ``open(settings, options)`` once, where ``options`` is what
+    the command line passed (``{"file": PATH}`` or ``{}``); it returns a
+    :class:`composer_core.fleet.sources.Source`, or raises a
+    :class:`~composer_core.errors.ComposerError` (exit 2 for bad settings). Then, for every pass:
+
+    * ``desired()`` returns a :class:`~composer_core.fleet.sources.DesiredState`: the connectors to
+      run, and the ones *held* (known but not to be deployed or changed now, such as a connector
+      whose secret cannot be decrypted: its container, if any, is kept). Raising
+      :class:`~composer_core.fleet.sources.SourceUnavailable` skips the pass: nothing is deployed,
+      changed or removed (a failed or partial listing must raise, never return less);
+    * the core plans and runs the pass over the containers this source **owns**: those of
+      ``manager.id`` whose ``opencti-platform`` label (or ``xtm-platform``) is the record's
+      ``platform`` (no such label when ``platform`` is ``None``). A source never touches another's
+      containers, so several sources can serve one ``manager.id`` side by side, one process each;
+      a connector whose name is held by another source's container is held, not deployed;
+    * ``observe(observation)`` receives the pass and the workloads as observed after it (a
+      :class:`~composer_core.fleet.sources.Observation`), to report status, logs or health back;
+      it should not raise (an exception is logged and the loop goes on);
+    * ``close()`` when the command ends.
+
+    Example::
+
+        @hookimpl
+        def composer_sources():
+            def open_vault_fleet(settings, options):
+                return VaultFleet(settings.get("vault.url"))  # desired(), observe(), close()
+            return DesiredStateSource(name="vault-fleet", open=open_vault_fleet, platform="vault",
+                                      description="connectors listed in the team's vault")
+
+    The user then sets ``manager.source: vault-fleet``.
     """

@@ -33,6 +33,7 @@ from composer_core import hookspecs, redact
 from composer_core.errors import ComposerError, PluginError
 from composer_core.records import (
     CredentialProvider,
+    DesiredStateSource,
     ImageResolver,
     InvalidName,
     PluginCommand,
@@ -60,6 +61,7 @@ CONTRIBUTION_HOOKS: dict[str, tuple[type[Record], str]] = {
     "composer_runtime_backends": (RuntimeBackend, "runtime backend"),
     "composer_commands": (PluginCommand, "command"),
     "composer_settings": (SettingsSpec, "settings spec"),
+    "composer_sources": (DesiredStateSource, "desired-state source"),
 }
 
 
@@ -349,6 +351,10 @@ class Plugins:
         """The commands plugins add (``composer_commands``, and the deprecated
         ``composer_register_commands``)."""
         return self._named("composer_commands", PluginCommand, "command")
+
+    def sources(self) -> Contributions[DesiredStateSource]:
+        """The desired-state sources (``composer_sources``): ``file``, ``opencti``..."""
+        return self._named("composer_sources", DesiredStateSource, "desired-state source")
 
     def runtime(self, name: str) -> RuntimeBackend:
         backends = self.runtime_backends()

@@ -1,7 +1,8 @@
 """The records hooks contribute: small frozen values, each with a checked ``name``.
 
 Every hook that contributes something returns one of these (or a list): an
-:class:`ImageResolver`, a :class:`CredentialProvider`, a :class:`RuntimeBackend`; commands come as
+:class:`ImageResolver`, a :class:`CredentialProvider`, a :class:`RuntimeBackend`, a
+:class:`DesiredStateSource`; commands come as
 ``click.Command`` objects, which the plugin manager wraps in a :class:`PluginCommand`. They share
 :class:`Record`, which normalises and checks ``name`` as the record is built, so that a bad name
 fails the plugin at load, naming it, instead of surfacing later as an "unknown provider".
@@ -20,13 +21,14 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import click
 
+    from composer_core.fleet.sources import Source
     from composer_core.settings import Settings
     from composer_core.types import CredentialRequest, Credentials, LookupResult, Rewrite
     from composer_core.workload import Backend
@@ -126,3 +128,22 @@ class PluginCommand(Record):
         if isinstance(value, click.Command):
             return cls(name=value.name or "", command=value)
         return value
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredStateSource(Record):
+    """A named source of desired state: where ``apply`` and ``run`` learn which connectors to run.
+
+    ``open(settings, options)`` returns a :class:`composer_core.fleet.sources.Source` (it may raise
+    :class:`composer_core.errors.ComposerError`, for example for invalid settings); ``options``
+    holds what the command line passed (``{"file": "connectors.yaml"}`` for ``-f FILE``).
+    ``platform`` is the value of the ``opencti-platform`` label on the containers the source
+    deploys (``None``: no such label, as the ``file`` source's containers have always been), and so
+    the ownership mark that keeps several sources under one ``manager.id`` from touching each
+    other's containers.
+    """
+
+    open: Callable[[Settings, Mapping[str, Any]], Source]
+    platform: str | None = None
+    description: str = ""
+    kind: ClassVar[str] = "desired-state source"

@@ -30,6 +30,7 @@ from tests.engine_helpers import (  # noqa: F401
     manager,
 )
 from tests.keychain_helpers import clean_helper_cache, pass_store  # noqa: F401
+from tests.opencti_helpers import key_file, opencti_settings, platform, platform_token  # noqa: F401
 
 OUR_DISTRIBUTION = "xtm-composer"
 

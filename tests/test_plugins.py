@@ -18,7 +18,7 @@ from composer_core.pluginmanager import Plugins
 from tests import fakedist
 
 BUILTINS = {"registry-prefix", "mirrors", "config", "docker-config", "keychain", "containers-auth",
-            "anonymous", "docker", "podman"}
+            "anonymous", "docker", "podman", "file", "opencti"}
 
 
 def dists(*names: str):
@@ -74,6 +74,7 @@ def test_builtins_are_entry_points_of_our_distribution(plugins: Plugins) -> None
     assert set(plugins.credential_providers()) == {"config", "docker-config", "keychain",
                                                    "containers-auth", "anonymous"}
     assert set(plugins.image_resolvers()) == {"registry-prefix", "mirrors"}
+    assert set(plugins.sources()) == {"file", "opencti"}
 
 
 def test_good_broken_and_blocked_entry_points(fake_site: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -745,3 +746,11 @@ def test_the_plugins_table_lists_each_contribution_once(run_cli) -> None:
     rows = {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
     # config contributes a provider and a settings spec, both named config: one PROVIDES entry
     assert re.search(r"credential_providers, settings\s+config\s+active", rows["config"]), rows["config"]
+
+
+def test_sources_are_contributions_attributed_to_their_plugin(plugins: Plugins) -> None:
+    records = {r.name: r for r in plugins.records()}
+    assert records["file"].contributes == {"composer_sources": ["file"]}
+    assert records["opencti"].contributes["composer_sources"] == ["opencti"]
+    assert records["opencti"].hooks == ["composer_commands", "composer_settings", "composer_sources"]
+    assert plugins.sources().owner("opencti") == "opencti"

@@ -25,7 +25,7 @@ from composer_core.settings import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILTIN_SPECS = {"config", "docker", "keychain", "mirrors", "podman"}
+BUILTIN_SPECS = {"config", "docker", "keychain", "mirrors", "podman", "opencti"}
 
 
 def vault_plugin(owns: tuple[str, ...] = ("auth.vault",), defaults: dict[str, Any] | None = None):
@@ -57,6 +57,7 @@ def test_builtin_plugins_declare_their_settings(plugins: Plugins) -> None:
     assert specs["keychain"].owns_key("auth.helper_timeout")
     assert specs["config"].owns_key("opencti.daemon.docker.registries")
     assert specs["config"].owns_key("opencti.daemon.registry")
+    assert specs["opencti"].owns_key("opencti.token") and specs["opencti"].owns_key("manager.credentials_key")
 
 
 def test_core_defaults_hold_only_core_keys() -> None:

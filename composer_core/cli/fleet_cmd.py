@@ -1,4 +1,6 @@
-"""``xtm-composer apply`` and ``run``: keep a fleet of connectors aligned with a connectors file.
+"""``xtm-composer apply`` and ``run``: keep a fleet of connectors aligned with a desired-state
+source: the connectors file of ``-f FILE`` (source ``file``), or the source ``manager.source``
+names (``opencti``: the OpenCTI platform), see :mod:`composer_core.fleet.sources`.
 
 Both drive the selected backend through the workload contract
 (:class:`~composer_core.workload.Backend`), one observation per pass."""
@@ -8,9 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -25,9 +27,14 @@ log = logging.getLogger("xtm_composer.run")
 PAUSE_SLICE = 60.0
 MAX_PAUSE = 86400.0
 
-file_option = click.option("-f", "--file", "path", required=True, metavar="FILE",
-                           type=click.Path(dir_okay=False),
-                           help="Connectors file (YAML): connectors: [{id, name, image, env, status}].")
+file_option = click.option("-f", "--file", "path", metavar="FILE", type=click.Path(dir_okay=False),
+                           help="Connectors file (YAML): connectors: [{id, name, image, env, "
+                                "status}]; means source `file`. Without it: the source "
+                                "manager.source names.")
+
+
+def _options(path: str | None) -> dict[str, Any]:
+    return {"file": path} if path else {}
 
 
 def _print_pass(result: Any, dry_run: bool) -> None:
@@ -48,33 +55,38 @@ def _print_pass(result: Any, dry_run: bool) -> None:
 @click.option("--stop-timeout", type=click.IntRange(min=0), default=10, show_default=True,
               help="Seconds a container may take to stop.")
 @json_option
-def apply_command(path: str, dry_run: bool, stop_timeout: int, as_json: bool) -> None:
+def apply_command(path: str | None, dry_run: bool, stop_timeout: int, as_json: bool) -> None:
     """One reconciliation pass: deploy the missing, replace the changed, start or stop per
-    status, remove the managed containers whose connector left the file. Containers without this
-    manager's label are never touched. Exits 14 when an action failed, after doing all others.
+    status, remove the managed containers whose connector left the source. Containers without
+    this manager's label, or deployed by another source, are never touched. Exits 14 when an
+    action failed, after doing all others; 16 when the source cannot say what is desired.
     Passes of one manager on one engine run one at a time (a file lock; the wait is logged)."""
     from composer_core.engine.labels import manager_id
     from composer_core.engine.select import connect_runtime
     from composer_core.errors import ApplyFailed
-    from composer_core.fleet.connectors import load_connectors
     from composer_core.fleet.lock import PassLock
-    from composer_core.fleet.reconcile import Reconciler
+    from composer_core.fleet.sources import open_source, run_source_pass
 
     app = get_app()
-    connectors = load_connectors(path)  # the whole file is valid before any engine call
-    backend = connect_runtime(app.settings, app.plugins, app.runtime_override)
+    source = open_source(app.settings, app.plugins, _options(path))
     try:
-        lock = PassLock(manager_id(app.settings), backend.endpoint)
-        if dry_run:  # reads only: no need to wait for another pass
-            result = Reconciler(backend, app.settings, app.plugins, stop_timeout=stop_timeout,
-                                start_failures=lock.load_state()).run_pass(connectors,
-                                                                           dry_run=True)
-        else:
-            with lock:
-                result = Reconciler(backend, app.settings, app.plugins, stop_timeout=stop_timeout,
-                                    start_failures=lock.start_failures).run_pass(connectors)
+        state = source.desired()  # the whole desired state is known before any engine call
+        backend = connect_runtime(app.settings, app.plugins, app.runtime_override)
+        try:
+            lock = PassLock(manager_id(app.settings), backend.endpoint)
+            if dry_run:  # reads only: no need to wait for another pass
+                result = run_source_pass(backend, app.settings, app.plugins, source, state=state,
+                                         dry_run=True, stop_timeout=stop_timeout,
+                                         start_failures=lock.load_state())
+            else:
+                with lock:
+                    result = run_source_pass(backend, app.settings, app.plugins, source,
+                                             state=state, stop_timeout=stop_timeout,
+                                             start_failures=lock.start_failures)
+        finally:
+            backend.close()
     finally:
-        backend.close()
+        source.close()
     if as_json:
         emit_json(result.to_dict())
     else:
@@ -85,41 +97,10 @@ def apply_command(path: str, dry_run: bool, stop_timeout: int, as_json: bool) ->
                             hint="the other actions were done; see the errors above and rerun")
         if as_json:
             click.echo(redact.scrub(f"error: {error}"), err=True)
-            raise click.exceptions.Exit(error.exit_code)
+            # not click's Exit: the entry point runs click with standalone_mode=False, which
+            # returns an Exit's code instead of exiting with it (the JSON run exited 0)
+            sys.exit(error.exit_code)
         raise error
-
-
-class _FileWatch:
-    """Re-reads the connectors file when it changes; an invalid new version keeps the last good one."""
-
-    def __init__(self, path: str) -> None:
-        from composer_core.fleet.connectors import load_connectors
-
-        self.path = Path(path)
-        self._load = load_connectors
-        self.connectors = load_connectors(path)  # invalid at start: exit 2
-        self._stamp = self._current_stamp()
-
-    def _current_stamp(self) -> tuple[int, int] | None:
-        try:
-            stat = self.path.stat()
-        except OSError:
-            return None
-        return (stat.st_mtime_ns, stat.st_size)
-
-    def refresh(self) -> None:
-        from composer_core.errors import ComposerError
-
-        stamp = self._current_stamp()
-        if stamp == self._stamp:
-            return
-        self._stamp = stamp
-        try:
-            self.connectors = self._load(self.path)
-            log.info("connectors file %s changed: %d connectors", self.path, len(self.connectors))
-        except ComposerError as exc:
-            log.error("connectors file %s changed but is invalid, keeping the previous version: %s",
-                      self.path, redact.scrub(exc.message))
 
 
 def pause(stop: threading.Event, seconds: float) -> None:
@@ -137,18 +118,19 @@ def pause(stop: threading.Event, seconds: float) -> None:
 @file_option
 @click.option("--stop-timeout", type=click.IntRange(min=0), default=10, show_default=True,
               help="Seconds a container may take to stop.")
-def run_command(path: str, stop_timeout: int) -> None:
-    """Repeat `apply` every manager.execute_schedule seconds, re-reading FILE when it changes.
-    SIGTERM or SIGINT: the current actions finish, then it exits cleanly. Engine or registry
-    outages are logged and retried at the next cycle."""
+def run_command(path: str | None, stop_timeout: int) -> None:
+    """Repeat `apply` every manager.execute_schedule seconds, re-reading FILE when it changes
+    (or asking the source manager.source names). SIGTERM or SIGINT: the current actions finish,
+    then it exits cleanly. Engine, registry or platform outages are logged once and retried at
+    the next cycle; a pass whose source cannot answer changes nothing."""
     from composer_core.engine.labels import manager_id
     from composer_core.engine.select import connect_runtime
     from composer_core.errors import ComposerError
     from composer_core.fleet.lock import PassLock
-    from composer_core.fleet.reconcile import Reconciler
+    from composer_core.fleet.sources import SourceUnavailable, open_source, run_source_pass
 
     app = get_app()
-    watch = _FileWatch(path)
+    source = open_source(app.settings, app.plugins, _options(path))  # invalid at start: exit 2
     schedule = float(app.settings.get("manager.execute_schedule"))
     stop = threading.Event()
 
@@ -159,20 +141,32 @@ def run_command(path: str, stop_timeout: int) -> None:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     backend = None
-    log.info("run: %d connectors from %s, a pass every %gs", len(watch.connectors), path, schedule)
+    outage: str | None = None
+    log.info("run: %s, a pass every %gs", source.describe(), schedule)
     try:
         while not stop.is_set():
-            watch.refresh()
+            try:
+                state = source.desired()
+            except SourceUnavailable as exc:
+                # logged once per outage, not every pass
+                log.log(logging.ERROR if outage is None else logging.DEBUG,
+                        "pass skipped, nothing changed: %s", redact.scrub(exc.message))
+                outage = exc.message
+                pause(stop, schedule)
+                continue
+            if outage is not None:
+                log.info("%s answers again", source.describe())
+                outage = None
             try:
                 if backend is None:
                     backend = connect_runtime(app.settings, app.plugins, app.runtime_override)
                 # the lock is held for one pass only: an operator's apply goes between two passes
                 with PassLock(manager_id(app.settings), backend.endpoint,
                               stop_event=stop) as lock:
-                    reconciler = Reconciler(backend, app.settings, app.plugins, stop_event=stop,
-                                            stop_timeout=stop_timeout,
-                                            start_failures=lock.start_failures)
-                    result = reconciler.run_pass(watch.connectors)
+                    result = run_source_pass(backend, app.settings, app.plugins, source,
+                                             state=state, stop_event=stop,
+                                             stop_timeout=stop_timeout,
+                                             start_failures=lock.start_failures)
                 changed = [s for s in result.steps if s.action != "nothing"]
                 log.info("pass done: %d actions, %d failed", len(changed), len(result.failed))
             except Exception as exc:  # noqa: BLE001 - run never dies of an outage or a plugin bug
@@ -190,6 +184,7 @@ def run_command(path: str, stop_timeout: int) -> None:
     finally:
         if backend is not None:
             backend.close()
+        source.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("run: stopped")

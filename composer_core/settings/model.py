@@ -136,7 +136,8 @@ def mask(node: Any, secret: bool = False) -> Any:
         return {key: mask(value, looks_secret(key)) for key, value in node.items()}
     if isinstance(node, list):
         return [mask(v, secret) for v in node]
-    return MASK if secret and node not in (None, "") else node
+    # a boolean is never a secret (https_proxy_reject_unauthorized names "auth", holds a switch)
+    return MASK if secret and node not in (None, "") and not isinstance(node, bool) else node
 
 
 def dotted_set(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -1,0 +1,76 @@
+"""Built-in desired-state source ``file``: the connectors file of ``-f FILE``.
+
+The file is validated as a whole when the source opens (an invalid file: exit 2, before any engine
+is contacted) and re-read whenever it changes; an invalid new version keeps the last good one.
+Its containers carry no platform label, as they always have (:mod:`composer_core.fleet.sources`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from composer_core import hookimpl, redact
+from composer_core.errors import ComposerError, UsageError
+from composer_core.fleet.connectors import load_connectors
+from composer_core.fleet.sources import DesiredState, Observation
+from composer_core.records import DesiredStateSource
+from composer_core.settings import Settings
+
+log = logging.getLogger("xtm_composer.run")
+
+
+class FileSource:
+    name = "file"
+    platform: str | None = None
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.connectors = load_connectors(path)  # invalid at start: exit 2
+        self._stamp = self._current_stamp()
+
+    def _current_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def describe(self) -> str:
+        return f"{len(self.connectors)} connectors from {self.path}"
+
+    def desired(self) -> DesiredState:
+        stamp = self._current_stamp()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self.connectors = load_connectors(self.path)
+                log.info("connectors file %s changed: %d connectors", self.path,
+                         len(self.connectors))
+            except ComposerError as exc:
+                log.error("connectors file %s changed but is invalid, keeping the previous "
+                          "version: %s", self.path, redact.scrub(exc.message))
+        return DesiredState(self.connectors)
+
+    def observe(self, observation: Observation) -> None:
+        """A file hears nothing back."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def open_file_source(settings: Settings, options: Mapping[str, Any]) -> FileSource:
+    path = options.get("file")
+    if not path:
+        raise UsageError("the file source needs a connectors file",
+                         hint="pass it with -f FILE, or set manager.source to another source "
+                              "(`xtm-composer plugins` lists them)")
+    return FileSource(str(path))
+
+
+@hookimpl
+def composer_sources() -> DesiredStateSource:
+    return DesiredStateSource(name="file", open=open_file_source, platform=None,
+                              description="the connectors file given with -f FILE")
