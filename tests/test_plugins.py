@@ -17,7 +17,7 @@ from composer_core.pluginmanager import Plugins
 from tests import fakedist
 
 BUILTINS = {"registry-prefix", "mirrors", "config", "docker-config", "keychain", "containers-auth",
-            "anonymous", "docker", "podman"}
+            "anonymous", "docker", "podman", "swarm"}
 
 
 def dists(*names: str):

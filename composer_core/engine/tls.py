@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from composer_core.auth.registries import canonical_host
 from composer_core.images.reference import InvalidRegistryURL, normalize_registry_url
@@ -55,3 +56,12 @@ def is_loopback_registry(registry: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@dataclass(frozen=True)
+class TlsDecision:
+    """Whether a pull verifies the registry's TLS certificate, and the settings key that said not to
+    (``None`` when nothing in the settings marks the registry insecure)."""
+
+    verify: bool
+    setting: str | None
