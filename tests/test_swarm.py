@@ -43,14 +43,10 @@ from composer_core.pluginmanager import Plugins
 from composer_core.settings import Settings
 from composer_core.types import Anonymous, Credentials
 from composer_core.workload import Observed, Workload, WorkloadState
-from composer_plugins.swarm.backend import (
-    LABEL_FAILED,
-    SwarmBackend,
-    refuse_non_manager,
-    registry_auth_header,
-    task_failure,
-)
+from composer_plugins.swarm.backend import SwarmBackend, registry_auth_header
+from composer_plugins.swarm.manager import refuse_non_manager
 from composer_plugins.swarm.options import SwarmOptions
+from composer_plugins.swarm.tasks import LABEL_FAILED, task_failure
 from tests.bench import SwarmBench, require_swarm
 from tests.conftest import assert_no_secrets
 from tests.engine_helpers import QUICK_STOP, unique

@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from docker.auth import encode_header
-from docker.errors import APIError, DockerException, NotFound
+from docker.errors import APIError, NotFound
 
 from composer_core import redact
 from composer_core.auth.chain import Resolution
@@ -33,7 +33,6 @@ from composer_core.engine.deploy import explain_pull_failure
 from composer_core.engine.labels import LABEL_HASH, LABEL_MANAGER
 from composer_core.engine.pullerrors import classify_pull_failure, reason_of
 from composer_core.errors import (
-    AuthenticationRequired,
     ComposerError,
     ContainerError,
     ContainerNotFound,
@@ -45,30 +44,31 @@ from composer_core.errors import (
 from composer_core.settings import Settings
 from composer_core.types import AnyCredentials, PullProgress
 from composer_core.workload import Applied, Observed, Workload, WorkloadState
-from composer_plugins.docker.client import ConfigFreeAPIClient
 from composer_plugins.docker.daemon import require_insecure_allowed
-from composer_plugins.docker.engine import DEFAULT_ENDPOINT, TRANSPORT_ERRORS, _tls_from_env, check_endpoint
-from composer_plugins.swarm.options import PREFIX, SwarmOptions
+from composer_plugins.docker.engine import TRANSPORT_ERRORS
+from composer_plugins.swarm.manager import open_manager
+from composer_plugins.swarm.options import SwarmOptions
+from composer_plugins.swarm.tasks import (
+    LABEL_CREDENTIALS,
+    LABEL_FAILED,
+    is_rejected,
+    is_running,
+    newest_first,
+    observed,
+    stored_failure,
+    task_failure,
+    task_hash,
+)
+from composer_plugins.swarm.watch import TaskWatcher
 
-PING_TIMEOUT = 5
-CALL_TIMEOUT = 60
-POLL_S = 0.2
+#: Polling a new task: a task here runs ~0.3 s after its service is created, so poll often at
+#: first (each poll is one small request), then back off.
+POLL_FAST_S, POLL_SLOW_S, FAST_FOR_S = 0.05, 0.25, 2.0
 #: How long a digest resolved for an image (with one credential) is reused: a pass deploying twenty
 #: connectors of one image asks the registry once; a tag moved later is seen within this time.
 DIGEST_TTL_S = 60.0
 #: At most this many log lines are read per requested line (tails of every task of the service).
 LOG_LINES_PER_TAIL = 20
-
-#: Service labels of our own, beside the core's. ``credentials``: which provider's credential the
-#: service holds (``anonymous`` for none); never the secret. ``failed``: set when a first deploy or
-#: a start was scaled to 0 because its tasks were rejected; ``apply`` then sends the credential again.
-LABEL_CREDENTIALS = "xtm-composer.swarm.credentials"
-LABEL_FAILED = "xtm-composer.swarm.failed"
-
-#: Task states before ``running``: the task is being scheduled, pulled or started.
-PENDING_STATES = ("new", "allocated", "pending", "assigned", "accepted", "preparing", "ready",
-                  "starting")
-
 
 def _engine_text(exc: APIError) -> str:
     return redact.scrub(str(exc.explanation or exc))
@@ -81,86 +81,6 @@ def registry_auth_header(credentials: AnyCredentials) -> dict[str, str]:
     if auth is None:
         return {}
     return {"X-Registry-Auth": encode_header(auth).decode("ascii")}
-
-
-def refuse_non_manager(swarm: Mapping[str, Any], endpoint: str) -> None:
-    """:class:`RuntimeUnavailable` unless ``docker info``'s ``Swarm`` says this node manages a swarm."""
-    state = str(swarm.get("LocalNodeState") or "inactive")
-    where = f"the Docker Engine at {endpoint}"
-    hint_point = f"or point {PREFIX}.endpoint (or DOCKER_HOST) at a manager node"
-    if state == "active" and swarm.get("ControlAvailable"):
-        return
-    if state == "active":
-        managers = ", ".join(str(m.get("Addr")) for m in swarm.get("RemoteManagers") or []
-                             if isinstance(m, Mapping)) or "unknown"
-        raise RuntimeUnavailable(
-            f"{where} is a swarm worker (node {swarm.get('NodeID')}), not a manager: services "
-            f"can only be managed through a manager (this swarm's managers: {managers})",
-            hint=f"point {PREFIX}.endpoint (or DOCKER_HOST) at a manager, or promote this node on "
-                 f"a manager: docker node promote {swarm.get('NodeID')}")
-    if state == "inactive":
-        raise RuntimeUnavailable(
-            f"{where} is not part of a swarm (Swarm.LocalNodeState: inactive)",
-            hint=f"run `docker swarm init` on it to make it a manager, {hint_point}; for a single "
-                 "Docker host use --runtime docker")
-    if state == "locked":
-        raise RuntimeUnavailable(f"{where} is a locked swarm manager (autolock)",
-                                 hint=f"unlock it: docker swarm unlock, {hint_point}")
-    error = redact.scrub(str(swarm.get("Error") or "")) or "no detail"
-    raise RuntimeUnavailable(f"{where} is not an active swarm node (Swarm.LocalNodeState: "
-                             f"{state}: {error})",
-                             hint=f"check `docker info` and `docker node ls` there, {hint_point}")
-
-
-def _replicas(service: Mapping[str, Any]) -> int | None:
-    mode = (service.get("Spec") or {}).get("Mode") or {}
-    replicated = mode.get("Replicated")
-    if not isinstance(replicated, Mapping):
-        return None
-    return int(replicated.get("Replicas") or 0)
-
-
-def _task_hash(task: Mapping[str, Any]) -> str | None:
-    labels = (((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {})
-    value = labels.get(LABEL_HASH)
-    return str(value) if value is not None else None
-
-
-def _newest_first(tasks: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return sorted(tasks, key=lambda t: (str(t.get("CreatedAt") or ""),
-                                        int((t.get("Version") or {}).get("Index") or 0)),
-                  reverse=True)
-
-
-def _is_running(task: Mapping[str, Any]) -> bool:
-    return (task.get("DesiredState") == "running"
-            and (task.get("Status") or {}).get("State") == "running")
-
-
-def _rejected(task: Mapping[str, Any]) -> bool:
-    return (task.get("Status") or {}).get("State") == "rejected"
-
-
-def task_failure(err: str, credentials: AnyCredentials, pinned: bool) -> RegistryError | None:
-    """The typed error for a task rejected with ``err``, when it is a pull failure.
-
-    A node that cannot pull reports ``No such image: <ref>`` (its dockerd log has the registry's
-    reason). When the digest was resolved on the manager with the same credential, the image and
-    tag exist: the node's pull was refused, so it is an authentication failure (6 when nothing was
-    sent, 7 when a credential was). Anything the classifier knows (``no basic auth credentials``,
-    ``manifest unknown``...) is classified as on a single host.
-    """
-    typed = classify_pull_failure(err, credentials)
-    if type(typed) is not RegistryError:
-        return typed
-    if "no such image" not in err.lower():
-        return None
-    if not pinned:
-        return typed
-    why = ("its node could not pull the image (swarm reports a refused pull as 'No such image'; "
-           "the node's dockerd log has the registry's answer: unauthorized)")
-    text = f"{redact.scrub(err)}: {why}"
-    return AuthenticationRequired(text) if credentials.anonymous else CredentialsRejected(text)
 
 
 def _with_line(exc: ComposerError, line: str) -> ComposerError:
@@ -182,36 +102,18 @@ class SwarmBackend:
         self._registry_config: Mapping[str, Any] = info.get("RegistryConfig") or {}
         self._nodes: dict[str, str] = {}
         self._digests: dict[tuple[str, AnyCredentials], tuple[float, str]] = {}
+        self._watcher = TaskWatcher(self._watched_tasks)
 
     @classmethod
     def connect(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> SwarmBackend:
-        environ = os.environ if environ is None else environ
         options = SwarmOptions.from_settings(settings)
-        kwargs = _tls_from_env(environ)
-        if options.endpoint:
-            kwargs["base_url"] = options.endpoint
-        kwargs.setdefault("base_url", DEFAULT_ENDPOINT)
-        endpoint = str(kwargs["base_url"])
-        check_endpoint(endpoint)
+        api, endpoint, info = open_manager(options.endpoint, os.environ if environ is None else environ)
+        backend = cls(api, endpoint, settings, options, info)
         try:
-            api = ConfigFreeAPIClient(version="auto", timeout=PING_TIMEOUT, **kwargs)
-        except (DockerException, ValueError) as exc:
-            raise RuntimeUnavailable(
-                f"no Docker Engine answers at {endpoint}: {reason_of(exc)}",
-                hint=f"point {PREFIX}.endpoint (or DOCKER_HOST) at a swarm manager") from None
-        try:
-            info = api.info()
-            refuse_non_manager(info.get("Swarm") or {}, endpoint)
-        except TRANSPORT_ERRORS as exc:
-            api.close()
-            raise RuntimeUnavailable(f"the Docker Engine at {endpoint} stopped answering: "
-                                     f"{reason_of(exc)}") from None
+            backend._refresh_nodes()
         except ComposerError:
             api.close()
             raise
-        api.timeout = CALL_TIMEOUT
-        backend = cls(api, endpoint, settings, options, info)
-        backend._refresh_nodes()
         return backend
 
     def close(self) -> None:
@@ -295,68 +197,7 @@ class SwarmBackend:
         return self._observed(service, tasks)
 
     def _observed(self, service: Mapping[str, Any], tasks: list[dict[str, Any]]) -> Observed:
-        spec = service.get("Spec") or {}
-        labels = dict(spec.get("Labels") or {})
-        image = str(((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image") or "")
-        wanted = _replicas(service)
-        ordered = _newest_first(tasks)
-        running = [t for t in ordered if _is_running(t)]
-        failures = [t for t in ordered if (t.get("Status") or {}).get("State") in ("failed",
-                                                                                  "rejected")]
-        started_at = str((running[0].get("Status") or {}).get("Timestamp")) if running else None
-        error: ComposerError | None = None
-        if labels.get(LABEL_FAILED):
-            state = "failed"
-            detail = f"scaled to 0 after its tasks were rejected: {labels[LABEL_FAILED]}"
-            error = self._stored_failure(labels, labels[LABEL_FAILED])
-        elif wanted == 0:
-            state = "stopped"
-            detail = "0 replicas" + (f", {len(running)} stopping" if running else "")
-        elif running:
-            state = "started"
-            nodes = ", ".join(sorted({self._node_name(t.get("NodeID")) for t in running}))
-            detail = f"{len(running)}/{wanted} running on {nodes}"
-        else:
-            current = ordered[0] if ordered else None
-            status = (current or {}).get("Status") or {}
-            task_state = str(status.get("State") or "no task yet")
-            err = redact.scrub(str(status.get("Err") or ""))
-            where = self._node_name((current or {}).get("NodeID"))
-            if current is not None and task_state in ("rejected", "failed"):
-                state = "failed"
-                detail = f"task {task_state} on {where}: {err or status.get('Message') or ''}"
-                if task_state == "rejected":
-                    error = self._stored_failure(labels, err)
-            elif failures:
-                state = "restarting"
-                last = (failures[0].get("Status") or {})
-                detail = (f"0/{wanted} running, task {task_state} on {where}; last failure: "
-                          f"{redact.scrub(str(last.get('Err') or last.get('Message') or ''))}")
-            else:
-                state = "pending"
-                detail = f"0/{wanted} running, task {task_state} on {where}" + (
-                    f": {err}" if err else "")
-        return Observed(id=str(service.get("ID")), name=str(spec.get("Name") or ""), labels=labels,
-                        state=state,  # type: ignore[arg-type]
-                        image=image, restart_count=len(failures), started_at=started_at,
-                        replicas_wanted=wanted, replicas_running=len(running), detail=detail,
-                        error=error)
-
-    def _stored_failure(self, labels: Mapping[str, str], err: str) -> ComposerError | None:
-        """A rejected task's error seen by ``observe`` (no workload, so no trace): the service's
-        label says whether it holds a credential."""
-        from composer_core.types import Anonymous, Credentials
-
-        source = labels.get(LABEL_CREDENTIALS, "")
-        creds: AnyCredentials = (Anonymous if source in ("", "anonymous")
-                                 else Credentials(registry="", source=source))
-        typed = task_failure(err, creds, pinned=True)  # our services always run a pinned digest
-        if typed is None:
-            return None
-        held = "no credential" if creds.anonymous else f"the credential of provider {source!r}"
-        return type(typed)(f"{typed.message}\n  the service holds {held}",
-                           hint="run `xtm-composer apply`: it sends the credential the chain "
-                                "resolves now")
+        return observed(service, tasks, self._node_name)
 
     # --- digest pinning ---------------------------------------------------------------------
 
@@ -509,17 +350,25 @@ class SwarmBackend:
         """Wait (at most ``options.wait`` s) until a new task (not in ``known``; of ``config_hash``
         when given) runs or is rejected. Returns the rejected task, or ``None`` (running, or still
         being scheduled or pulled at the deadline: ``observe`` then reports it as pending)."""
-        deadline = time.monotonic() + self.options.wait
-        while True:
-            with self._calls(f"watching the tasks of service {service_id}", service_id):
-                tasks = [t for t in self._tasks([service_id]) if str(t.get("ID")) not in known
-                         and (config_hash is None or _task_hash(t) == config_hash)]
-            if any(_is_running(t) for t in tasks):
-                return None
-            rejected = next((t for t in _newest_first(tasks) if _rejected(t)), None)
-            if rejected is not None or time.monotonic() >= deadline:
-                return rejected
-            time.sleep(POLL_S)
+        start = time.monotonic()
+        deadline = start + self.options.wait
+        with self._watcher.watching(service_id):
+            while True:
+                now = time.monotonic()
+                poll = POLL_FAST_S if now - start < FAST_FOR_S else POLL_SLOW_S
+                tasks = [t for t in self._watcher.tasks(service_id, max_age=poll)
+                         if str(t.get("ID")) not in known
+                         and (config_hash is None or task_hash(t) == config_hash)]
+                if any(is_running(t) for t in tasks):
+                    return None
+                rejected = next((t for t in newest_first(tasks) if is_rejected(t)), None)
+                if rejected is not None or time.monotonic() >= deadline:
+                    return rejected
+                time.sleep(poll)
+
+    def _watched_tasks(self, service_ids: list[str]) -> list[dict[str, Any]]:
+        with self._calls("watching the tasks of services " + ", ".join(service_ids)):
+            return self._tasks(service_ids)
 
     def _watch(self, workload: Workload, service_id: str, known: set[str], *, first: bool) -> None:
         """A rejection of the new task for a pull becomes the typed error; a first deploy that
@@ -583,7 +432,7 @@ class SwarmBackend:
         where = self._node_name(task.get("NodeID"))
         self._scale(current.id, 0, failed=err)
         line = f"task rejected on {where}; the service was scaled to 0 so that the swarm stops retrying"
-        typed = self._stored_failure(current.labels, err)
+        typed = stored_failure(current.labels, err)
         if typed is None:
             raise ContainerError(f"starting service {current.name!r}: {err}\n  {line}")
         raise _with_line(typed, line)
