@@ -47,6 +47,7 @@ from composer_plugins.swarm.backend import SwarmBackend, registry_auth_header
 from composer_plugins.swarm.manager import refuse_non_manager
 from composer_plugins.swarm.options import SwarmOptions
 from composer_plugins.swarm.tasks import LABEL_FAILED, task_failure
+from composer_plugins.swarm.watch import TaskWatcher
 from tests.bench import SwarmBench, require_swarm
 from tests.conftest import assert_no_secrets
 from tests.engine_helpers import QUICK_STOP, unique
@@ -93,6 +94,25 @@ def test_a_rejected_task_becomes_the_single_host_error() -> None:
     assert isinstance(task_failure("no basic auth credentials", Anonymous, pinned=True), AuthenticationRequired)
     assert isinstance(task_failure("manifest unknown", creds, pinned=True), ImageNotFound)
     assert task_failure("invalid mount config for type bind", creds, pinned=True) is None
+
+
+def test_concurrent_watches_share_one_task_request() -> None:
+    fetched: list[list[str]] = []
+
+    def fetch(ids: list[str]) -> list[dict[str, Any]]:
+        fetched.append(ids)
+        return [{"ID": f"t-{i}", "ServiceID": i} for i in ids]
+
+    watcher = TaskWatcher(fetch)
+    with watcher.watching("a"), watcher.watching("b"):
+        assert watcher.tasks("a", max_age=60) == [{"ID": "t-a", "ServiceID": "a"}]
+        assert watcher.tasks("b", max_age=60) == [{"ID": "t-b", "ServiceID": "b"}]  # from the same answer
+        assert fetched == [["a", "b"]]
+        watcher.tasks("a", max_age=0)  # too old: a new poll, again for both
+        assert fetched == [["a", "b"], ["a", "b"]]
+    with watcher.watching("c"):
+        watcher.tasks("c", max_age=60)  # not covered by the last answer
+    assert fetched[-1] == ["c"]
 
 
 def test_swarm_settings_are_checked(make_settings: Callable[..., Settings]) -> None:

@@ -70,6 +70,7 @@ DIGEST_TTL_S = 60.0
 #: At most this many log lines are read per requested line (tails of every task of the service).
 LOG_LINES_PER_TAIL = 20
 
+
 def _engine_text(exc: APIError) -> str:
     return redact.scrub(str(exc.explanation or exc))
 
