@@ -621,3 +621,56 @@ def test_only_a_manager_is_accepted(
     assert "docker swarm init" in (single.value.hint or "") and bench.docker_host in single.value.message
     assert isinstance(single.value, ComposerError) and single.value.exit_code == 5
     assert not isinstance(single.value, RegistryError)
+
+
+@pytest.mark.integration
+def test_the_swarm_options_reach_the_service_and_its_task(
+    swarm: SwarmBench, raw: Callable[[str], Any], mgr: str, open_backend: Callable[..., SwarmBackend],
+    make_settings: Callable[..., Settings], plugins: Plugins,
+) -> None:
+    settings = swarm_settings(make_settings, swarm, password=swarm.password, network="host",
+                              resources={"cpus": 0.5, "memory": "64m"},
+                              restart_policy={"condition": "on-failure", "delay": 1, "max_attempts": 3})
+    applied = open_backend(settings).apply(workload(settings, plugins, swarm.ref(), unique("xtm-sw"), mgr), None)
+    assert applied.observed.state == "started"
+    manager = raw(swarm.manager_host)
+    template = manager.inspect_service(applied.observed.id)["Spec"]["TaskTemplate"]
+    assert template["Resources"]["Limits"] == {"NanoCPUs": 500_000_000, "MemoryBytes": 64 * 1024**2}
+    assert template["RestartPolicy"] == {"Condition": "on-failure", "Delay": 1_000_000_000, "MaxAttempts": 3}
+    assert template["Placement"]["Constraints"] == ["node.role==worker"]
+    (node,) = running_nodes(manager, applied.observed.id)
+    worker = raw(next(w.host for w in swarm.workers if w.name == node))
+    (container,) = worker.containers(filters={"label": f"{LABEL_MANAGER}={mgr}"})
+    host_config = worker.inspect_container(container["Id"])["HostConfig"]
+    assert host_config["NetworkMode"] == "host"  # the node's network: egress included
+    assert host_config["Memory"] == 64 * 1024**2 and host_config["NanoCpus"] == 500_000_000
+
+
+@pytest.mark.integration
+def test_a_first_deploy_whose_tasks_are_rejected_is_scaled_to_0_with_the_trace(
+    swarm: SwarmBench, raw: Callable[[str], Any], mgr: str, open_backend: Callable[..., SwarmBackend],
+    make_settings: Callable[..., Settings], plugins: Plugins, temp_user: Callable[..., None],
+) -> None:
+    """The create path: the digest was resolved (and reused within the pass, as for many connectors of
+    one image) while the credential worked; it stops working before the node pulls."""
+    user, password = unique("swuser"), unique("swpass")
+    temp_user(user, password)
+    settings = swarm_settings(make_settings, swarm, password=password, username=user)
+    image = fresh_image(swarm, raw)
+    backend = open_backend(settings)
+    backend.apply(workload(settings, plugins, image, unique("xtm-sw"), mgr, state="stopped"), None)
+    temp_user(user, None)
+    name = unique("xtm-sw")
+
+    with pytest.raises(CredentialsRejected) as caught:
+        backend.apply(workload(settings, plugins, image, name, mgr), None)
+
+    message = caught.value.message
+    assert caught.value.exit_code == 7 and "No such image" in message and "task rejected on xtmsw-n" in message
+    assert "scaled to 0" in message and f"user {user!r} from provider 'config'" in message
+    assert "config: found" in message  # the chain's trace
+    (service,) = raw(swarm.manager_host).services(filters={"name": name})
+    assert service["Spec"]["Mode"]["Replicated"]["Replicas"] == 0  # not left retrying forever
+    (seen,) = [o for o in backend.observe({LABEL_MANAGER: mgr}) if o.name == name]
+    assert seen.state == "failed" and isinstance(seen.error, CredentialsRejected)
+    assert_no_secrets(str(caught.value) + json.dumps(seen.to_dict()), [password])
