@@ -312,6 +312,22 @@ def temp_user(swarm: SwarmBench) -> Iterator[Callable[[str, str], None]]:
         replace_file(htpasswd, without(htpasswd.read_text(encoding="utf-8"), added))
 
 
+def stopped_then_revoked(swarm: SwarmBench, raw: Callable[[str], Any], mgr: str,
+                         open_backend: Callable[..., SwarmBackend], make_settings: Callable[..., Settings],
+                         plugins: Plugins, temp_user: Callable[..., None]) -> tuple[SwarmBackend, Workload, Any, str]:
+    """A stopped service of a fresh image, created with a user of its own, whose credential then stops
+    working: (backend, workload, applied, password)."""
+    user, password = unique("swuser"), unique("swpass")
+    temp_user(user, password)
+    settings = swarm_settings(make_settings, swarm, password=password, username=user)
+    wl = workload(settings, plugins, fresh_image(swarm, raw), unique("xtm-sw"), mgr, state="stopped")
+    backend = open_backend(settings)
+    created = backend.apply(wl, None)
+    assert created.observed.state == "stopped" and created.observed.replicas_wanted == 0
+    temp_user(user, None)  # the credential the service holds no longer works
+    return backend, wl, created, password
+
+
 # ---------------------------------------------------------------- the real swarm
 
 PROVIDERS = ("config", "docker-config", "keychain")
@@ -418,14 +434,8 @@ def test_a_start_rejected_for_its_stored_credential_is_found_scaled_to_0_then_fi
 ) -> None:
     """The task path: the manager resolved the digest, then the credential stopped working before a node
     pulled. The rejected task is found within the bounded wait, not retried forever."""
-    user, password = unique("swuser"), unique("swpass")
-    temp_user(user, password)
-    settings = swarm_settings(make_settings, swarm, password=password, username=user)
-    wl = workload(settings, plugins, fresh_image(swarm, raw), unique("xtm-sw"), mgr, state="stopped")
-    backend = open_backend(settings)
-    created = backend.apply(wl, None)
-    assert created.observed.state == "stopped" and created.observed.replicas_wanted == 0
-    temp_user(user, None)  # the credential the service holds no longer works
+    backend, wl, created, password = stopped_then_revoked(swarm, raw, mgr, open_backend, make_settings, plugins,
+                                                          temp_user)
 
     with pytest.raises(CredentialsRejected) as caught:
         backend.set_state(created.observed, "started")
@@ -674,3 +684,45 @@ def test_a_first_deploy_whose_tasks_are_rejected_is_scaled_to_0_with_the_trace(
     (seen,) = [o for o in backend.observe({LABEL_MANAGER: mgr}) if o.name == name]
     assert seen.state == "failed" and isinstance(seen.error, CredentialsRejected)
     assert_no_secrets(str(caught.value) + json.dumps(seen.to_dict()), [password])
+
+
+@pytest.mark.integration
+def test_rejected_tasks_of_a_running_service_are_retried_with_the_new_credential_by_apply(
+    swarm: SwarmBench, raw: Callable[[str], Any], mgr: str, open_backend: Callable[..., SwarmBackend],
+    make_settings: Callable[..., Settings], plugins: Plugins, temp_user: Callable[..., None],
+) -> None:
+    """The same config hash (a credential is not part of it): apply sends the header again, new tasks pull with it."""
+    backend, wl, created, _ = stopped_then_revoked(swarm, raw, mgr, open_backend, make_settings, plugins, temp_user)
+    manager = raw(swarm.manager_host)  # scaled behind composer's back: the tasks pull with the dead credential
+    service = manager.inspect_service(created.observed.id)
+    spec = service["Spec"]
+    manager.update_service(service["ID"], version=service["Version"]["Index"], task_template=spec["TaskTemplate"],
+                           name=spec["Name"], labels=spec["Labels"], mode={"Replicated": {"Replicas": 1}},
+                           update_config=spec.get("UpdateConfig"), fetch_current_spec=False)
+    failed = wait_observed(backend, mgr, lambda o: o.state == "failed")
+    assert isinstance(failed.error, CredentialsRejected), failed
+    assert "task rejected on xtmsw-n" in failed.detail and LABEL_FAILED not in failed.labels
+
+    good = swarm_settings(make_settings, swarm, password=swarm.password)
+    again = workload(good, plugins, wl.image.input, wl.name, mgr)
+    assert again.config_hash == failed.config_hash
+    fixed = backend.apply(again, failed)
+    assert fixed.action == "updated" and fixed.observed.state == "started", fixed
+
+
+@pytest.mark.integration
+def test_a_connector_that_exits_is_failed_but_apply_of_the_same_config_writes_nothing(
+    swarm: SwarmBench, raw: Callable[[str], Any], mgr: str, open_backend: Callable[..., SwarmBackend],
+    make_settings: Callable[..., Settings], plugins: Plugins,
+) -> None:
+    """A crash is not a pull failure: no credential to resend, nothing to update every pass."""
+    settings = swarm_settings(make_settings, swarm, password=swarm.password, restart_policy={"condition": "none"})
+    backend = open_backend(settings)
+    wl = workload(settings, plugins, swarm.ref(), unique("xtm-sw"), mgr, command=("sh", "-c", "exit 3"))
+    created = backend.apply(wl, None)
+    crashed = wait_observed(backend, mgr, lambda o: o.state == "failed")
+    assert crashed.error is None and "task failed on xtmsw-n" in crashed.detail, crashed
+    assert "non-zero exit (3)" in crashed.detail and crashed.restart_count == 1
+    version = raw(swarm.manager_host).inspect_service(created.observed.id)["Version"]
+    assert backend.apply(wl, crashed).action == "unchanged"
+    assert raw(swarm.manager_host).inspect_service(created.observed.id)["Version"] == version

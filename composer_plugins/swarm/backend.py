@@ -69,6 +69,8 @@ POLL_FAST_S, POLL_SLOW_S, FAST_FOR_S = 0.05, 0.25, 2.0
 DIGEST_TTL_S = 60.0
 #: At most this many log lines are read per requested line (tails of every task of the service).
 LOG_LINES_PER_TAIL = 20
+#: Task states of a container that started (then exited): not a pull failure.
+RAN = ("failed", "complete", "shutdown")
 
 
 def _engine_text(exc: APIError) -> str:
@@ -82,6 +84,13 @@ def registry_auth_header(credentials: AnyCredentials) -> dict[str, str]:
     if auth is None:
         return {}
     return {"X-Registry-Auth": encode_header(auth).decode("ascii")}
+
+
+def _pull_failed(current: Observed) -> bool:
+    """Scaled to 0 by us after rejected tasks, or its newest task rejected for a pull: ``apply``
+    then sends the credential again (a scale would keep the one that failed)."""
+    return bool(current.labels.get(LABEL_FAILED)) or (current.state == "failed"
+                                                      and current.error is not None)
 
 
 def _with_line(exc: ComposerError, line: str) -> ComposerError:
@@ -270,7 +279,7 @@ class SwarmBackend:
               progress: Callable[[PullProgress], None] | None = None) -> Applied:
         replicas = 1 if workload.state == "started" else 0
         if (current is not None and current.config_hash == workload.config_hash
-                and current.state != "failed"):
+                and not _pull_failed(current)):
             if (current.replicas_wanted or 0) == replicas:
                 return Applied("unchanged", current, "same config hash and state")
             observed = self.set_state(current, workload.state)
@@ -360,8 +369,9 @@ class SwarmBackend:
                 tasks = [t for t in self._watcher.tasks(service_id, max_age=poll)
                          if str(t.get("ID")) not in known
                          and (config_hash is None or task_hash(t) == config_hash)]
-                if any(is_running(t) for t in tasks):
-                    return None
+                if any(is_running(t) or (t.get("Status") or {}).get("State") in RAN
+                       for t in tasks):
+                    return None  # it started (a connector that exits is observe's to report)
                 rejected = next((t for t in newest_first(tasks) if is_rejected(t)), None)
                 if rejected is not None or time.monotonic() >= deadline:
                     return rejected
