@@ -149,7 +149,7 @@ class ContainerBackend:
             result = deployer.put(workload.image, spec_of(workload), existing,
                                   start=workload.state == "started",
                                   resolution=workload.resolution, tls=workload.tls,
-                                  progress=progress)
+                                  progress=progress, announce=False)
         except RegistryError as exc:  # only the pull raises these: the image fails everywhere
             with self._lock:
                 self._failed_pulls[reference] = exc

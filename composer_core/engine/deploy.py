@@ -319,7 +319,8 @@ class ContainerDeployer:
     def put(self, resolved: ResolvedImage, spec: ContainerSpec, existing: ContainerInfo | None, *,
             start: bool = True, resolution: Resolution | None = None,
             tls: TlsDecision | None = None,
-            progress: Callable[[PullProgress], None] | None = None) -> DeployResult:
+            progress: Callable[[PullProgress], None] | None = None,
+            announce: bool = True) -> DeployResult:
         """Create ``spec`` (``existing`` is ``None``: the name is free as far as the caller knows)
         or replace ``existing`` with it (the caller has decided that it is not current).
 
@@ -329,9 +330,8 @@ class ContainerDeployer:
         container is built from what the engine answered, without another inspect.
         """
         digest = spec.labels[LABEL_HASH]
-        # the seed's troubleshooting line, for every deployment whichever path it takes
-        log.info("Deploying container - Registry: %s, Original image: %s, Pulling: %s",
-                 resolved.ref.registry, resolved.input, resolved.pull_name)
+        if announce:  # through a Backend, the core says it (workloads.apply_workload)
+            log_deployment(resolved)
         pulled = self._pull(resolved, resolution, tls, progress)
         log.debug("Container %s - env keys: %s", spec.name, ", ".join(sorted(spec.env)) or "(none)")
         if existing is None:
@@ -468,6 +468,12 @@ class ContainerDeployer:
         _quietly(f"removing the old container (now {backup!r})",
                  lambda: runtime.remove(old.id, force=True))
         return replace(created, name=spec.name, status="running" if start else "created")
+
+
+def log_deployment(resolved: ResolvedImage) -> None:
+    """The seed's troubleshooting line, for every deployment on every backend."""
+    log.info("Deploying container - Registry: %s, Original image: %s, Pulling: %s",
+             resolved.ref.registry, resolved.input, resolved.pull_name)
 
 
 class Deployer(ContainerDeployer):

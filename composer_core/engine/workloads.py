@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 from composer_core.auth.chain import Resolution, forget_rejected, resolve_credentials
-from composer_core.engine.deploy import container_spec
+from composer_core.engine.deploy import container_spec, log_deployment
 from composer_core.engine.labels import LABEL_HASH, LABEL_MANAGER, name_taken, not_managed
 from composer_core.engine.tls import TlsDecision, tls_decision
 from composer_core.errors import ContainerNotFound, CredentialsRejected
@@ -80,7 +80,11 @@ def is_running(observed: Observed) -> bool:
 
 def apply_workload(backend: Backend, workload: Workload, current: Observed | None,
                    plugins: Plugins, progress: ProgressCallback | None = None) -> Applied:
-    """:meth:`Backend.apply`; a rejected credential is forgotten by the provider that gave it."""
+    """:meth:`Backend.apply`; a rejected credential is forgotten by the provider that gave it.
+    A deployment (new, or its config hash changed) is announced with the seed's line first,
+    whichever backend makes it."""
+    if current is None or current.config_hash != workload.config_hash:
+        log_deployment(workload.image)
     try:
         return backend.apply(workload, current, progress=progress)
     except CredentialsRejected:
