@@ -1,6 +1,8 @@
 """The backend contract kit (composer_core.testing) on every backend of this distribution.
 
 * docker and podman, on the real bench (integration): the same suite a third-party backend runs.
+* swarm, on the bench's real three-node swarm (integration): services pulled by the nodes from the
+  swarm's private registry, with the credential the workload carries.
 * InMemoryBackend (unit): the kit's own in-memory backend passes the suite it ships with, so the
   fleet and deploy unit tests that use it stand on a backend that keeps the contract.
 """
@@ -54,6 +56,61 @@ class TestContainerEngines(BackendContract):
             make_unmanaged=make_unmanaged, unmanaged_exists=unmanaged_exists, timeout=30)
         for name in made:
             remove_by_name(engine, bench, name)
+
+
+@pytest.mark.integration
+class TestSwarm(BackendContract):
+    """The swarm backend against the bench's manager node; every image needs the credential."""
+
+    @pytest.fixture
+    def swarm(self) -> Any:
+        from tests.bench import require_swarm
+
+        return require_swarm()
+
+    @pytest.fixture
+    def backend_factory(self, swarm: Any, make_settings: Callable[..., Any]) -> Iterator[Callable[[], Backend]]:
+        from composer_plugins.swarm.backend import SwarmBackend
+
+        settings = make_settings({"opencti.daemon.swarm.endpoint": swarm.manager_host})
+        made: list[Backend] = []
+
+        def make() -> Backend:
+            if not made:
+                made.append(SwarmBackend.connect(settings, environ={}))
+            return made[0]
+
+        yield make
+        for backend in made:
+            backend.close()
+
+    @pytest.fixture
+    def contract_env(self, swarm: Any) -> Iterator[ContractEnv]:
+        import docker
+
+        manager = unique("xtm-contract-swarm")
+        client = docker.APIClient(base_url=swarm.manager_host, version="auto", timeout=60)
+        made: list[str] = []
+
+        def make_unmanaged(name: str) -> None:
+            made.append(name)
+            client.create_service(docker.types.TaskTemplate(
+                docker.types.ContainerSpec(swarm.ref(), command=["sleep", "3600"])), name=name)
+
+        def unmanaged_exists(name: str) -> bool:
+            return any(s["Spec"]["Name"] == name for s in client.services(filters={"name": name}))
+
+        credentials = Credentials(registry=swarm.registry, source="config",
+                                  username=swarm.username, password=swarm.password)
+        yield ContractEnv(
+            manager=manager, image=swarm.ref(), credentials=credentials,
+            auth_image=swarm.ref(), auth_credentials=credentials,
+            make_unmanaged=make_unmanaged, unmanaged_exists=unmanaged_exists, timeout=60)
+        for service in client.services(filters={"label": f"opencti-manager={manager}"}):
+            client.remove_service(service["ID"])
+        for name in made:
+            client.remove_service(name)
+        client.close()
 
 
 class TestInMemoryBackend(BackendContract):
