@@ -72,7 +72,10 @@ class TestSwarm(BackendContract):
     def backend_factory(self, swarm: Any, make_settings: Callable[..., Any]) -> Iterator[Callable[[], Backend]]:
         from composer_plugins.swarm.backend import SwarmBackend
 
-        settings = make_settings({"opencti.daemon.swarm.endpoint": swarm.manager_host})
+        # tasks on the workers only, as the swarm tests place theirs: the manager's own images are
+        # pushed and removed by other tests, which a task running there would hold
+        settings = make_settings({"opencti.daemon.swarm.endpoint": swarm.manager_host,
+                                  "opencti.daemon.swarm.constraints": ["node.role==worker"]})
         made: list[Backend] = []
 
         def make() -> Backend:
@@ -95,7 +98,8 @@ class TestSwarm(BackendContract):
         def make_unmanaged(name: str) -> None:
             made.append(name)
             client.create_service(docker.types.TaskTemplate(
-                docker.types.ContainerSpec(swarm.ref(), command=["sleep", "3600"])), name=name)
+                docker.types.ContainerSpec(swarm.ref(), command=["sleep", "3600"]),
+                placement=docker.types.Placement(constraints=["node.role==worker"])), name=name)
 
         def unmanaged_exists(name: str) -> bool:
             return any(s["Spec"]["Name"] == name for s in client.services(filters={"name": name}))
