@@ -161,7 +161,18 @@ class Backend(Protocol):
     connected, never with credentials (the fleet's pass lock is keyed by it). ``capabilities``:
     optional abilities the core may use: ``pull`` (a single-host ``pull`` command: the backend
     exposes its container-level :class:`~composer_core.types.Runtime` as ``runtime``),
-    ``replicas``, ``digest-pinning``, later ``events``.
+    ``replicas``, ``digest-pinning``, ``stored-credentials`` (below), later ``events``.
+
+    ``stored-credentials`` (optional; swarm declares it, docker, podman and the in-memory backend
+    do not): the orchestrator STORES the pull credential it was given with the workload and
+    never returns it, so a rotated password would otherwise reach it only with the next config
+    change. Such a backend implements ``credentials_changed(workload: Workload, current:
+    Observed) -> bool``: the credential ``workload`` would send (``workload.credentials``)
+    differs from the one ``current`` was given (swarm: a keyed fingerprint in a label). It makes
+    no engine request (what :meth:`observe` read is enough) and raises only a ComposerError. The
+    fleet then builds the Workload of every connector planned nothing / start / stop too, and
+    where this says so, plans a ``replace``: :meth:`apply` with the same config hash must then
+    send the new credential (an in-place update), never answer ``unchanged``.
     """
 
     name: str
@@ -179,12 +190,15 @@ class Backend(Protocol):
     def apply(self, workload: Workload, current: Observed | None, *,
               progress: Callable[[PullProgress], None] | None = None) -> Applied:
         """Make ``workload`` so. ``current`` is what :meth:`observe` returned for it this pass
-        (``None``: not there). The core already decided that the config hash differs or the
-        state differs; the backend creates, updates (orchestrators: in place, rolling) or
-        replaces (single host: with rollback: the old workload keeps running until the new one
-        runs, and a failure leaves the old one as it was), and starts or stops per
-        ``workload.state``. Sends exactly ``workload.credentials`` for the image's registry and
-        never another; ``progress`` receives pull progress events when the backend pulls.
+        (``None``: not there). The core already decided that the config hash differs, the
+        state differs, or (``stored-credentials``) the credential changed; the backend creates,
+        updates (orchestrators: in place, rolling) or replaces (single host: with rollback: the
+        old workload keeps running until the new one runs, and a failure leaves the old one as
+        it was), and starts or stops per ``workload.state``; with ``stored-credentials``, a
+        workload whose credential changed (``credentials_changed``) is updated in place with the
+        new one, even with the same config hash. Sends exactly ``workload.credentials`` for the
+        image's registry and never another; ``progress`` receives pull progress events when the
+        backend pulls.
 
         Returns the :class:`Applied` action and what the workload now is. Raises typed
         ComposerError: registry errors 6/7/8/9/10/11/15 explained with the workload's trace

@@ -38,15 +38,19 @@ from composer_core.errors import (
     RuntimeUnavailable,
     SettingsError,
 )
+from composer_core.fleet.connectors import parse_connectors
+from composer_core.fleet.reconcile import ROTATED, Reconciler
 from composer_core.images.resolve import resolve_image
 from composer_core.pluginmanager import Plugins
 from composer_core.settings import Settings
+from composer_core.testing import InMemoryBackend
 from composer_core.types import Anonymous, Credentials
-from composer_core.workload import Observed, Workload, WorkloadState
+from composer_core.workload import Applied, Observed, Workload, WorkloadState
 from composer_plugins.swarm.backend import SwarmBackend, registry_auth_header
+from composer_plugins.swarm.fingerprint import KEY_BYTES, Fingerprints, key_path
 from composer_plugins.swarm.manager import refuse_non_manager
 from composer_plugins.swarm.options import SwarmOptions
-from composer_plugins.swarm.tasks import LABEL_FAILED, task_failure
+from composer_plugins.swarm.tasks import LABEL_CREDENTIAL_ID, LABEL_FAILED, task_failure
 from composer_plugins.swarm.watch import TaskWatcher
 from tests.bench import SwarmBench, require_swarm
 from tests.conftest import assert_no_secrets
@@ -135,6 +139,133 @@ def test_swarm_settings_are_checked(make_settings: Callable[..., Settings]) -> N
             SwarmOptions.from_settings(make_settings({f"opencti.daemon.swarm.{key}": value}))
 
 
+def test_the_credential_fingerprint_is_keyed_stable_and_per_credential(tmp_path: Path) -> None:
+    environ = {"XDG_STATE_HOME": str(tmp_path / "state"), "HOME": str(tmp_path / "home")}
+    path = key_path(environ)
+    assert path == tmp_path / "state" / "xtm-composer" / "credential-fingerprint.key"
+    assert key_path({"HOME": str(tmp_path / "home")}) == (
+        tmp_path / "home" / ".local" / "state" / "xtm-composer" / "credential-fingerprint.key")
+    creds = Credentials(registry="reg.example:5000", source="config", username="alice", password="pw-one")
+    first = Fingerprints(environ).of(creds)
+    assert first is not None and first.startswith("hmac-sha256:")
+    key = path.read_bytes()
+    assert len(key) == KEY_BYTES and path.stat().st_mode & 0o777 == 0o600  # made on first use, 0600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert Fingerprints(environ).of(creds) == first  # stable: another process reads the same key
+    assert Fingerprints(environ).of(Credentials(registry="reg.example:5000", source="keychain",
+                                                username="alice", password="pw-one")) == first  # what is sent
+    others = [Credentials(registry="reg.example:5000", source="config", username="alice", password="pw-two"),
+              Credentials(registry="reg.example:5000", source="config", username="bob", password="pw-one"),
+              Credentials(registry="other.example", source="config", username="alice", password="pw-one"),
+              Credentials(registry="reg.example:5000", source="config", identity_token="tok")]
+    prints = {Fingerprints(environ).of(c) for c in others}
+    assert len(prints) == len(others) and first not in prints
+    assert Fingerprints(environ).of(Anonymous) is None  # no header, no label
+    elsewhere = {"XDG_STATE_HOME": str(tmp_path / "other-machine")}
+    assert Fingerprints(elsewhere).of(creds) != first  # keyed: another key, another fingerprint
+    for text in (first, repr(Fingerprints(environ))):
+        assert_no_secrets(text, ["pw-one", key.hex(), base64.b64encode(key).decode()])
+
+
+def test_an_unusable_fingerprint_key_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    environ = {"XDG_STATE_HOME": str(tmp_path)}
+    path = key_path(environ)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"short")
+    creds = Credentials(registry="r:1", source="config", username="u", password="p")
+    with pytest.raises(ComposerError, match="holds 5 bytes, not 32") as caught:
+        Fingerprints(environ).of(creds)
+    assert str(path) in caught.value.message and "every service is updated once" in (caught.value.hint or "")
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(ComposerError, match="directory"):
+        Fingerprints(environ).of(creds)
+
+
+class StoringBackend(InMemoryBackend):
+    """The in-memory backend made to store the credential a workload was applied with, as an orchestrator
+    does (and never returns it): it declares ``stored-credentials``."""
+
+    capabilities = InMemoryBackend.capabilities | {"stored-credentials"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: dict[str, tuple[str | None, str | None]] = {}
+        self.checked: list[str] = []
+        self.broken: ComposerError | None = None
+
+    @staticmethod
+    def _given(wl: Workload) -> tuple[str | None, str | None]:
+        creds = wl.credentials
+        return (None, None) if isinstance(creds, type(Anonymous)) else (creds.username, creds.password)
+
+    def credentials_changed(self, wl: Workload, current: Observed) -> bool:
+        self.checked.append(current.name)
+        if self.broken is not None:
+            raise self.broken
+        return self.held.get(current.name) != self._given(wl)
+
+    def apply(self, wl: Workload, current: Observed | None, **kwargs: Any) -> Applied:
+        rotated = current is not None and self.credentials_changed(wl, current)
+        self.held[wl.name] = self._given(wl)
+        if rotated and current is not None and current.config_hash == wl.config_hash:
+            return Applied("updated", self.set_state(current, wl.state), "credential rotated")
+        return super().apply(wl, current, **kwargs)
+
+
+def test_a_rotated_credential_is_an_update_on_a_backend_storing_it_and_only_there(
+    make_settings: Callable[..., Settings], plugins: Plugins, caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = "registry.example:5000"
+
+    def settings(password: str) -> Settings:
+        return make_settings({"manager.id": "m", "opencti.daemon.docker.registry": {
+            "url": registry, "username": "alice", "password": password}})
+
+    fleet = parse_connectors({"connectors": [
+        {"id": "run", "image": "xtm/connector:1"}, {"id": "halt", "image": "xtm/connector:1", "status": "stopped"},
+        {"id": "public", "image": "docker.io/library/busybox:1.36"}]}, "test")
+    backend = StoringBackend()
+
+    def run(password: str, *, dry_run: bool = False) -> dict[str, tuple[str, str]]:
+        backend.reset_counts()
+        backend.checked.clear()
+        result = Reconciler(backend, settings(password), plugins, stop_timeout=1).run_pass(fleet, dry_run=dry_run)
+        assert result.failed == []
+        assert_no_secrets(json.dumps(result.to_dict()) + caplog.text, ["old-pw-1", "new-pw-2"])
+        return {s.id: (s.action, s.reason) for s in result.steps}
+
+    assert {a for a, _ in run("old-pw-1").values()} == {"deploy"}
+    steady = run("old-pw-1")
+    assert {a for a, _ in steady.values()} == {"nothing"}
+    assert sorted(backend.checked) == ["halt", "public", "run"]  # asked, without a request of the engine
+    assert dict(backend.calls) == {"observe": 1} and dict(backend.requests) == {"list": 1}
+
+    assert run("new-pw-2", dry_run=True) == {"run": ("replace", ROTATED), "halt": ("replace", ROTATED),
+                                             "public": ("nothing", "up to date")}
+    assert backend.calls["apply"] == 0 and backend.held["run"] == ("alice", "old-pw-1")  # a dry run changes nothing
+
+    assert run("new-pw-2") == {"run": ("replace", ROTATED), "halt": ("replace", ROTATED),
+                               "public": ("nothing", "up to date")}
+    assert backend.held["run"] == backend.held["halt"] == ("alice", "new-pw-2")
+    states = {c.name: c.status for c in backend.runtime.list({LABEL_MANAGER: "m"})}
+    assert states == {"run": "running", "halt": "created", "public": "running"}  # each kept its state
+    again = run("new-pw-2")
+    assert {a for a, _ in again.values()} == {"nothing"} and dict(backend.requests) == {"list": 1}
+
+    backend.broken = ComposerError("the fingerprint key cannot be read")  # the pass goes on and says so
+    broken = Reconciler(backend, settings("new-pw-2"), plugins, stop_timeout=1).run_pass(fleet)
+    assert [(s.action, s.result) for s in broken.steps] == [("nothing", "ok")] * 3
+    assert "connector run (run): whether its registry credential changed is unknown: the fingerprint key " \
+        "cannot be read" in broken.warnings
+
+    plain = InMemoryBackend()  # no stored-credentials: a rotation alone changes nothing, nothing is asked
+    Reconciler(plain, settings("old-pw-1"), plugins, stop_timeout=1).run_pass(fleet)
+    plain.reset_counts()
+    result = Reconciler(plain, settings("new-pw-2"), plugins, stop_timeout=1).run_pass(fleet)
+    assert {s.action for s in result.steps} == {"nothing"} and dict(plain.requests) == {"list": 1}
+
+
 # ---------------------------------------------------------------- helpers on the real swarm
 
 @pytest.fixture
@@ -168,33 +299,44 @@ def mgr(swarm: SwarmBench, raw: Callable[[str], Any]) -> Iterator[str]:
         client.remove_service(service["ID"])
 
 
-def fresh_image(swarm: SwarmBench, raw: Callable[[str], Any]) -> str:
+def fresh_image(swarm: SwarmBench, raw: Callable[[str], Any], *, tag: str | None = None,
+                command: tuple[str, ...] | None = None) -> str:
     """A new image in the swarm registry, with a layer of its own (so a digest no node has),
-    built and pushed through the manager, which then forgets it."""
+    built and pushed through the manager, which then forgets it. ``tag``: pushed under that tag (a
+    tag moved to new bits); ``command``: the image's own command (a connector of the file has none)."""
+    import docker.errors
+
     manager = raw(swarm.manager_host)
-    repo, tag = swarm.ref().rsplit(":", 1)
+    repo, tag_base = swarm.ref().rsplit(":", 1)
     auth = {"username": swarm.username, "password": swarm.password}
-    new_tag = unique("fresh")
-    manager.pull(repo, tag=tag, auth_config=auth)
-    box = manager.create_container(f"{repo}:{tag}", command=["sh", "-c", f"echo {new_tag} > /xtm-fresh"],
+    new_tag = tag or unique("fresh")
+    manager.pull(repo, tag=tag_base, auth_config=auth)
+    box = manager.create_container(f"{repo}:{tag_base}", command=["sh", "-c", f"echo {unique('bits')} > /xtm-fresh"],
                                    host_config=manager.create_host_config(network_mode="none"))
     try:
         manager.start(box)
         assert manager.wait(box, timeout=60)["StatusCode"] == 0
-        manager.commit(box, repository=repo, tag=new_tag)
+        changes = [f"CMD {json.dumps(list(command))}"] if command else None
+        manager.commit(box, repository=repo, tag=new_tag, changes=changes)
     finally:
         manager.remove_container(box, force=True)
     out = manager.push(repo, tag=new_tag, auth_config=auth)
     assert "errorDetail" not in out, out
     manager.remove_image(f"{repo}:{new_tag}")
-    manager.remove_image(f"{repo}:{tag}")
+    try:
+        manager.remove_image(f"{repo}:{tag_base}")
+    except docker.errors.ImageNotFound:  # removed meanwhile by a test running at the same time
+        pass
     return f"{repo}:{new_tag}"
 
 
 def swarm_settings(make_settings: Callable[..., Settings], swarm: SwarmBench, *, chain: list[str] | None = None,
-                   password: str | None = None, username: str | None = None, **swarm_opts: Any) -> Settings:
+                   password: str | None = None, username: str | None = None, manager: str | None = None,
+                   **swarm_opts: Any) -> Settings:
     overrides: dict[str, Any] = {"opencti.daemon.swarm.endpoint": swarm.manager_host,
                                  "opencti.daemon.swarm.constraints": ["node.role==worker"]}
+    if manager is not None:
+        overrides["manager.id"] = manager
     overrides.update({f"opencti.daemon.swarm.{k}": v for k, v in swarm_opts.items()})
     registry: dict[str, Any] = {"url": swarm.registry, "insecure": True}
     if password is not None:
@@ -231,6 +373,19 @@ def open_backend(mgr: str) -> Iterator[Callable[[Settings], SwarmBackend]]:
     yield make
     for backend in backends:
         backend.close()
+
+
+def count_requests(backend: SwarmBackend) -> list[str]:
+    """Every HTTP request the backend's client sends from now on (``METHOD /path``), appended to the list."""
+    requests: list[str] = []
+    send = backend.api.send
+
+    def counting(request: Any, **kwargs: Any) -> Any:
+        requests.append(f"{request.method} {request.path_url.split('?')[0]}")
+        return send(request, **kwargs)
+
+    backend.api.send = counting  # every HTTP request of the client goes through Session.send
+    return requests
 
 
 def log_size(swarm: SwarmBench) -> int:
@@ -521,6 +676,70 @@ def test_a_rotated_password_goes_with_the_next_update_and_new_tasks_pull_with_it
 
 
 @pytest.mark.integration
+def test_a_password_rotated_alone_reaches_the_service_on_the_next_pass_and_new_tasks_pull_with_it(
+    swarm: SwarmBench, raw: Callable[[str], Any], mgr: str, open_backend: Callable[..., SwarmBackend],
+    make_settings: Callable[..., Settings], plugins: Plugins, temp_user: Callable[..., None],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Same image and env: the config hash does not change, only the password (at the registry and in the
+    settings). The tag is then moved to bits no node has, so the update's new task must pull."""
+    user, old, new = unique("rotuser"), unique("old-pw"), unique("new-pw")
+    temp_user(user, old)
+    image = fresh_image(swarm, raw, command=QUICK_STOP)
+    name = unique("xtm-sw")
+    fleet = parse_connectors({"connectors": [{"id": name, "name": name, "image": image,
+                                              "env": {"LEVEL": "1"}}]}, "test")
+    old_settings = swarm_settings(make_settings, swarm, password=old, username=user, manager=mgr)
+    backend = open_backend(old_settings)
+    manager = raw(swarm.manager_host)
+    outputs: list[str] = []
+
+    def run_pass(settings: Settings) -> Any:
+        result = Reconciler(backend, settings, plugins, stop_timeout=1).run_pass(fleet)
+        assert result.failed == [], [s.to_dict() for s in result.failed]
+        outputs.append(json.dumps(result.to_dict()))
+        return result
+
+    (deployed,) = run_pass(old_settings).steps
+    assert deployed.action == "deploy"
+    (service,) = manager.services(filters={"label": f"{LABEL_MANAGER}={mgr}"})
+    held = service["Spec"]["Labels"][LABEL_CREDENTIAL_ID]
+    requests = count_requests(backend)
+    (steady,) = run_pass(old_settings).steps  # the same credential: nothing to do, in two requests
+    assert steady.action == "nothing" and [r.split("/")[-1] for r in requests] == ["services", "tasks"], requests
+    before_tasks = {t["ID"] for t in manager.tasks(filters={"service": service["ID"]})}
+
+    temp_user(user, new)  # rotated at the registry: the old password is refused from now on
+    moved = fresh_image(swarm, raw, tag=image.rsplit(":", 1)[1], command=QUICK_STOP)  # the same tag, new bits
+    assert moved == image
+    new_settings = swarm_settings(make_settings, swarm, password=new, username=user, manager=mgr)
+    since = log_size(swarm)
+    requests.clear()
+    (rotated,) = run_pass(new_settings).steps
+
+    assert (rotated.action, rotated.reason, rotated.result) == ("replace", ROTATED, "ok")
+    after = manager.inspect_service(service["ID"])  # the same service, a newer version
+    assert after["ID"] == service["ID"] and after["Version"]["Index"] > service["Version"]["Index"]
+    assert after["Spec"]["Labels"][LABEL_CREDENTIAL_ID] not in (held, None)
+    assert after["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"] == ["LEVEL=1"]
+    (seen,) = backend.observe({LABEL_MANAGER: mgr})
+    assert seen.state == "started" and seen.image.startswith(image + "@sha256:")
+    assert seen.image != service["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]  # the moved tag's bits
+    assert {t["ID"] for t in manager.tasks(filters={"service": seen.id}) if t["Status"]["State"] == "running"
+            } - before_tasks  # a new task runs
+    prove_a_worker_pulled(swarm, raw, seen.id, seen.image, since)  # it pulled, with the new password
+
+    requests.clear()
+    (second,) = run_pass(new_settings).steps  # the next pass: nothing to write
+    assert second.action == "nothing" and [r.split("/")[-1] for r in requests] == ["services", "tasks"], requests
+    assert manager.inspect_service(service["ID"])["Version"] == after["Version"]
+    key = backend.fingerprints.path.read_bytes()
+    labels = [held, after["Spec"]["Labels"][LABEL_CREDENTIAL_ID]]
+    assert_no_secrets("\n".join(outputs) + json.dumps(seen.to_dict()) + caplog.text,
+                      [old, new, key.hex(), base64.b64encode(key).decode(), *labels])
+
+
+@pytest.mark.integration
 def test_a_stopped_worker_gets_its_task_rescheduled_and_observe_says_where(
     swarm: SwarmBench, raw: Callable[[str], Any], mgr: str, open_backend: Callable[..., SwarmBackend],
     make_settings: Callable[..., Settings], plugins: Plugins,
@@ -600,14 +819,7 @@ def test_observe_costs_at_most_two_requests(
 ) -> None:
     settings = swarm_settings(make_settings, swarm, password=swarm.password)
     backend = open_backend(settings)
-    requests: list[str] = []
-    send = backend.api.send
-
-    def counting(request: Any, **kwargs: Any) -> Any:
-        requests.append(f"{request.method} {request.path_url.split('?')[0]}")
-        return send(request, **kwargs)
-
-    backend.api.send = counting  # every HTTP request of the client goes through Session.send
+    requests = count_requests(backend)
     assert backend.observe({LABEL_MANAGER: mgr}) == []
     assert len(requests) == 1  # no service: no task query
     for _ in range(2):

@@ -16,6 +16,12 @@ orchestrator. A pass is:
    then the connectors' actions (:meth:`~Backend.apply`, :meth:`~Backend.set_state`), then the
    stale workloads' removals (a connector's old workload goes after its new one runs).
 
+On a backend that stores the pull credential (capability ``stored-credentials``: an
+orchestrator), the workloads planned ``nothing`` / ``start`` / ``stop`` are built too (their
+credentials resolved with the others, once per image) and those whose credential the backend says
+changed (:meth:`~composer_core.workload.Backend.credentials_changed`: a rotated password) become a
+``replace``: the backend updates them with the new credential. No engine request is added.
+
 The plan hands the backend what the observation told (the current workload): nothing is looked
 at again. Restart loops are reported from what was observed (restart count, start time, state),
 and so are the typed failures a backend observed (``Observed.error``), as warnings.
@@ -64,6 +70,11 @@ LOOP_RESTARTS = 3
 LOOP_UPTIME_SECONDS = 300
 #: a container whose start failed on this many consecutive passes is recreated, not started again
 RECREATE_AFTER_FAILED_STARTS = 2
+#: the actions that hand the backend a Workload
+APPLYING = ("deploy", "replace", "recreate")
+#: the capability of a backend whose orchestrator stores the credential (Backend.credentials_changed)
+STORED_CREDENTIALS = "stored-credentials"
+ROTATED = "the registry credential changed (rotated): the service gets the new one"
 
 
 @dataclass
@@ -223,6 +234,24 @@ class Reconciler:
         steps, observed = self.plan(connectors)
         result = Pass(steps, self.backend.name)
         result.warnings = restart_loops(observed) + observed_failures(observed)
+        checked = self._credential_checks(steps)
+        applying = [] if dry_run else [s for s in steps if s.action in APPLYING]
+        workloads = self._workloads(applying + checked) if applying or checked else {}
+        for step in checked:
+            assert step.container is not None
+            workload = workloads.get(id(step))
+            try:
+                if isinstance(workload, ComposerError):
+                    raise workload
+                if workload is not None and self.backend.credentials_changed(  # type: ignore[attr-defined]
+                        workload, step.container):
+                    step.action, step.reason = "replace", ROTATED
+            except Exception as exc:  # noqa: BLE001 - the step goes on as planned; the pass says why
+                error = as_composer_error(exc)
+                message = (f"connector {step.id} ({step.name}): whether its registry credential "
+                           f"changed is unknown: {redact.scrub((error.message.splitlines() or [''])[0])}")
+                result.warnings.append(message)
+                log.warning("%s", message)
         if dry_run:
             return result
         todo = [s for s in steps if s.action != "nothing"]
@@ -231,7 +260,6 @@ class Reconciler:
                 step.result = "ok"
         if not todo:
             return result
-        workloads = self._workloads([s for s in todo if s.action in ("deploy", "replace", "recreate")])
         # Orphans' removals first: a connector whose id changed but whose name did not is an
         # orphan to remove *and* a deploy under the same name; in parallel they would race.
         # Stale workloads of a connector last: its old workload goes once the new one runs.
@@ -244,6 +272,15 @@ class Reconciler:
                                     thread_name_prefix="xtm-apply") as pool:
                 list(pool.map(lambda s: self._execute(s, workloads), batch))
         return result
+
+    def _credential_checks(self, steps: list[PlannedStep]) -> list[PlannedStep]:
+        """The steps whose stored credential the backend is asked about: on a backend with the
+        ``stored-credentials`` capability, those planned nothing / start / stop on a workload
+        that exists (the others send the chain's credential anyway, or none)."""
+        if STORED_CREDENTIALS not in self.backend.capabilities:
+            return []
+        return [s for s in steps if s.action in ("nothing", "start", "stop")
+                and s.container is not None and s.connector is not None and not s.stale]
 
     def _workloads(self, steps: list[PlannedStep]) -> dict[int, Workload | ComposerError]:
         """The workload of each step to apply (by ``id(step)``), or the error that prevents it:

@@ -6,7 +6,10 @@ swarm has: ``X-Registry-Auth`` (base64url JSON, docker-py's ``encode_header``) o
 ``POST /services/create`` and on ``POST /services/{id}/update`` when the spec changes; the manager
 stores it in the service and forwards it to the node of each task, which pulls with it. Scaling
 (``set_state``) sends no header, so the service keeps the credential it holds. Exactly
-``workload.credentials`` is sent, and nothing when it is anonymous.
+``workload.credentials`` is sent, and nothing when it is anonymous. The swarm never returns the
+stored credential, so the service carries a keyed fingerprint of the one sent
+(:mod:`.fingerprint`): capability ``stored-credentials``, :meth:`SwarmBackend.credentials_changed`
+tells the core a rotated credential must be sent, and ``apply`` sends it (a ``service update``).
 
 The image is pinned: ``GET /distribution/{image}/json`` with the same credential gives the digest,
 and the service runs ``repo:tag@sha256:...``, so every node runs the same bits. A first deploy or
@@ -46,9 +49,11 @@ from composer_core.types import AnyCredentials, PullProgress
 from composer_core.workload import Applied, Observed, Workload, WorkloadState
 from composer_plugins.docker.daemon import require_insecure_allowed
 from composer_plugins.docker.engine import TRANSPORT_ERRORS
+from composer_plugins.swarm.fingerprint import Fingerprints
 from composer_plugins.swarm.manager import open_manager
 from composer_plugins.swarm.options import SwarmOptions
 from composer_plugins.swarm.tasks import (
+    LABEL_CREDENTIAL_ID,
     LABEL_CREDENTIALS,
     LABEL_FAILED,
     is_rejected,
@@ -103,10 +108,10 @@ class SwarmBackend:
     """A connected swarm manager, holding one service per connector."""
 
     name = "swarm"
-    capabilities = frozenset({"replicas", "digest-pinning"})
+    capabilities = frozenset({"replicas", "digest-pinning", "stored-credentials"})
 
     def __init__(self, api: Any, endpoint: str, settings: Settings, options: SwarmOptions,
-                 info: Mapping[str, Any]) -> None:
+                 info: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> None:
         self.api = api
         self.endpoint = endpoint
         self.settings = settings
@@ -115,12 +120,16 @@ class SwarmBackend:
         self._nodes: dict[str, str] = {}
         self._digests: dict[tuple[str, AnyCredentials], tuple[float, str]] = {}
         self._watcher = TaskWatcher(self._watched_tasks)
+        self.fingerprints = Fingerprints(os.environ if environ is None else environ)
+        #: service id -> the fingerprint label it carried when last read (kept out of Observed)
+        self._held: dict[str, str | None] = {}
 
     @classmethod
     def connect(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> SwarmBackend:
         options = SwarmOptions.from_settings(settings)
-        api, endpoint, info = open_manager(options.endpoint, os.environ if environ is None else environ)
-        backend = cls(api, endpoint, settings, options, info)
+        environ = os.environ if environ is None else environ
+        api, endpoint, info = open_manager(options.endpoint, environ)
+        backend = cls(api, endpoint, settings, options, info, environ)
         try:
             backend._refresh_nodes()
         except ComposerError:
@@ -209,7 +218,17 @@ class SwarmBackend:
         return self._observed(service, tasks)
 
     def _observed(self, service: Mapping[str, Any], tasks: list[dict[str, Any]]) -> Observed:
+        labels = (service.get("Spec") or {}).get("Labels") or {}
+        self._held[str(service.get("ID"))] = labels.get(LABEL_CREDENTIAL_ID)
         return observed(service, tasks, self._node_name)
+
+    def credentials_changed(self, workload: Workload, current: Observed) -> bool:
+        """The credential ``workload`` would send differs from the one the service was given:
+        the fingerprint of ``workload.credentials`` against the service's label (as ``observe``
+        read it). No request. A service without the label (made before it existed, or given no
+        credential) and a credential to send: changed; anonymous and no label: not changed."""
+        held = self._held.get(current.id, current.labels.get(LABEL_CREDENTIAL_ID))
+        return self.fingerprints.of(workload.credentials) != held
 
     # --- digest pinning ---------------------------------------------------------------------
 
@@ -267,6 +286,9 @@ class SwarmBackend:
             container["Args"] = list(workload.command)
         service_labels = {**labels, LABEL_CREDENTIALS: workload.credentials.source
                           if not workload.credentials.anonymous else "anonymous"}
+        fingerprint = self.fingerprints.of(workload.credentials)
+        if fingerprint is not None:  # exactly the credential this create / update sends
+            service_labels[LABEL_CREDENTIAL_ID] = fingerprint
         rollout = {"Parallelism": 1, "FailureAction": "rollback", "Order": "stop-first",
                    "Monitor": 5_000_000_000, "MaxFailureRatio": 0}
         return {"Name": workload.name, "Labels": service_labels,
@@ -280,8 +302,9 @@ class SwarmBackend:
     def apply(self, workload: Workload, current: Observed | None, *,
               progress: Callable[[PullProgress], None] | None = None) -> Applied:
         replicas = 1 if workload.state == "started" else 0
+        rotated = current is not None and self.credentials_changed(workload, current)
         if (current is not None and current.config_hash == workload.config_hash
-                and not _pull_failed(current)):
+                and not _pull_failed(current) and not rotated):
             if (current.replicas_wanted or 0) == replicas:
                 return Applied("unchanged", current, "same config hash and state")
             observed = self.set_state(current, workload.state)
@@ -296,7 +319,8 @@ class SwarmBackend:
         headers = registry_auth_header(workload.credentials)
         if current is None:
             return self._create(workload, spec, headers, digest)
-        return self._update(workload, current, spec, headers, digest)
+        why = "; the registry credential changed (rotated)" if rotated else ""
+        return self._update(workload, current, spec, headers, digest, why)
 
     def _create(self, workload: Workload, spec: dict[str, Any], headers: Mapping[str, str],
                 digest: str) -> Applied:
@@ -328,7 +352,7 @@ class SwarmBackend:
             "alone", hint="rename the connector, or remove that service yourself")
 
     def _update(self, workload: Workload, current: Observed, spec: dict[str, Any],
-                headers: Mapping[str, str], digest: str) -> Applied:
+                headers: Mapping[str, str], digest: str, why: str = "") -> Applied:
         service = self._owned(current)
         version = int((service.get("Version") or {}).get("Index") or 0)
         known = self._task_ids(current.id)
@@ -340,7 +364,7 @@ class SwarmBackend:
         observed = self._observe_one(current.id)
         after = int((self._inspect(current.id).get("Version") or {}).get("Index") or 0)
         return Applied("updated", observed,
-                       f"rolling update, version {version} -> {after}; pinned {digest}")
+                       f"rolling update, version {version} -> {after}; pinned {digest}{why}")
 
     def _owned(self, current: Observed) -> dict[str, Any]:
         """The service behind ``current``, if it carries the same manager label (else not ours)."""

@@ -22,7 +22,10 @@ from composer_core.workload import Observed, ObservedState
 #: Service labels of our own, beside the core's. ``credentials``: which provider's credential the
 #: service holds (``anonymous`` for none); never the secret. ``failed``: set when a first deploy or
 #: a start was scaled to 0 because its tasks were rejected; ``apply`` then sends the credential again.
+#: ``credential-id``: the keyed fingerprint of the credential sent (:mod:`.fingerprint`), read by
+#: the backend and never part of an :class:`Observed` (so never in ``ps`` or any output).
 LABEL_CREDENTIALS = "xtm-composer.swarm.credentials"
+LABEL_CREDENTIAL_ID = "xtm-composer.swarm.credential-id"
 LABEL_FAILED = "xtm-composer.swarm.failed"
 
 
@@ -98,6 +101,7 @@ def observed(service: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]],
     """What a service and its tasks say of the connector (docs/swarm.md, "Observing")."""
     spec = service.get("Spec") or {}
     labels = dict(spec.get("Labels") or {})
+    labels.pop(LABEL_CREDENTIAL_ID, None)
     image = str(((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image") or "")
     wanted = replicas(service)
     ordered = newest_first(tasks)
