@@ -938,3 +938,28 @@ def test_a_connector_that_exits_is_failed_but_apply_of_the_same_config_writes_no
     version = raw(swarm.manager_host).inspect_service(created.observed.id)["Version"]
     assert backend.apply(wl, crashed).action == "unchanged"
     assert raw(swarm.manager_host).inspect_service(created.observed.id)["Version"] == version
+
+
+def test_deploy_of_one_name_sends_a_rotated_credential_on_a_backend_storing_it(
+    make_settings: Callable[..., Settings], plugins: Plugins,
+) -> None:
+    """`xtm-composer deploy NAME` takes the same decision as a pass: same config, new password ->
+    the backend is asked to apply it, not answered "unchanged"."""
+    from composer_core.engine.workloads import build_workload, deploy_named
+    from composer_core.images.resolve import resolve_image
+
+    backend = StoringBackend()
+
+    def deploy(password: str) -> str:
+        settings = make_settings({"manager.id": "m", "opencti.daemon.docker.registry": {
+            "url": "registry.example:5000", "username": "alice", "password": password}})
+        resolved = resolve_image("xtm/connector:1", settings, plugins)
+        workload = build_workload(resolved, "one", {}, manager="m", connector_id="one",
+                                  state="started", settings=settings, plugins=plugins, environ={})
+        action, _ = deploy_named(backend, workload, plugins)
+        return action
+
+    assert deploy("old-pw-1") == "created"
+    assert deploy("old-pw-1") == "unchanged"
+    assert deploy("new-pw-2") == "updated" and backend.held["one"] == ("alice", "new-pw-2")
+    assert deploy("new-pw-2") == "unchanged"

@@ -121,7 +121,9 @@ def deploy_named(backend: Backend, workload: Workload, plugins: Plugins, *,
         current = find_named(backend, workload.name, manager)
     except ContainerNotFound:  # someone else's: deploy refuses as a container error
         raise name_taken(workload.name, backend.name, manager) from None
-    if current is not None and is_current(current, workload.labels):
+    rotated = (current is not None and "stored-credentials" in backend.capabilities
+               and backend.credentials_changed(workload, current))  # type: ignore[attr-defined]
+    if current is not None and is_current(current, workload.labels) and not rotated:
         # as a container deploy always did: up to date and running (or to stay stopped): nothing
         if current.state == "started" or workload.state == "stopped":
             return "unchanged", current
