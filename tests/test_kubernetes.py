@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -182,8 +184,6 @@ def test_dockerconfigjson_is_byte_for_byte_kubectls(server: str, username: str,
 
 def test_kubectl_is_there_in_ci() -> None:
     """The byte-for-byte test must not silently skip where the bench runs."""
-    import os
-
     if os.environ.get("CI"):
         assert KUBECTL is not None, "kubectl is required by test_dockerconfigjson_*"
 
@@ -221,3 +221,18 @@ def test_base_deployment_as_yaml_text_or_json(make_settings: Callable[..., Setti
                              '{"spec": {"revisionHistoryLimit": 3}}'})
     for settings in (as_yaml, as_json):
         assert options(settings, "xtm").base_deployment == {"spec": {"revisionHistoryLimit": 3}}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["plugins"], ["config", "check"],
+                                  ["apply", "--help"]])
+def test_light_commands_do_not_import_the_kubernetes_client(args: list[str],
+                                                            tmp_path: Path) -> None:
+    code = ("import sys\nfrom composer_core.cli import main\n"
+            f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('kubernetes', 'kubernetes_validate', 'urllib3')))")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "OPENCTI__DAEMON__SELECTOR": "kubernetes"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60, env=env)
+    assert "HEAVY []" in out.stdout, out.stdout[-300:] + out.stderr[-300:]

@@ -65,15 +65,30 @@ def offline_namespace(settings: Settings) -> str:
     return str(settings.get(NAMESPACE) or DEFAULT_NAMESPACE)
 
 
-def connect(settings: Settings) -> KubernetesBackend:
-    from composer_plugins.kubernetes.api import Api
-    from composer_plugins.kubernetes.backend import KubernetesBackend
+class Connect:
+    """``connect(settings)``: the backend on the configured cluster. ``connect.offline(settings)``:
+    the same backend without any cluster, only to render its objects (``apply --offline``): the
+    namespace is the setting's, else ``default``; every API call would raise."""
 
-    api = Api.connect(kubeconfig=settings.get(KUBECONFIG), context=settings.get(CONTEXT),
-                      namespace=settings.get(NAMESPACE),
-                      timeout=float(settings.get(REQUEST_TIMEOUT)))
-    return KubernetesBackend(api, options(settings, api.namespace),
-                             rollout_timeout=float(settings.get(ROLLOUT_TIMEOUT)))
+    def __call__(self, settings: Settings) -> KubernetesBackend:
+        from composer_plugins.kubernetes.api import Api
+        from composer_plugins.kubernetes.backend import KubernetesBackend
+
+        api = Api.connect(kubeconfig=settings.get(KUBECONFIG), context=settings.get(CONTEXT),
+                          namespace=settings.get(NAMESPACE),
+                          timeout=float(settings.get(REQUEST_TIMEOUT)))
+        return KubernetesBackend(api, options(settings, api.namespace),
+                                 rollout_timeout=float(settings.get(ROLLOUT_TIMEOUT)))
+
+    def offline(self, settings: Settings) -> KubernetesBackend:
+        from composer_plugins.kubernetes.api import OfflineApi
+        from composer_plugins.kubernetes.backend import KubernetesBackend
+
+        namespace = offline_namespace(settings)
+        return KubernetesBackend(OfflineApi(namespace), options(settings, namespace))
+
+
+connect = Connect()
 
 
 def _validate(settings: Settings, problems: Problems) -> None:

@@ -212,3 +212,18 @@ class Api:
             self.client.close()
         except Exception:  # noqa: BLE001 - closing never fails a command
             pass
+
+
+class OfflineApi(Api):
+    """No cluster at all (``apply --offline``): the backend renders its objects, and any request
+    is a :class:`RuntimeUnavailable` (a bug, never a silent call)."""
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__(None, "offline (no cluster)", namespace)
+
+    def request(self, method: str, path: str, **_: Any) -> Any:
+        raise RuntimeUnavailable(f"offline: no Kubernetes API server is contacted ({method} "
+                                 f"{path} was not sent)")
+
+    def close(self) -> None:
+        pass

@@ -35,6 +35,7 @@ from composer_plugins.kubernetes.objects import (
     Options,
     check_name,
     deployment,
+    mask_secret,
     pull_credentials,
     pull_secret,
     secret_name,
@@ -279,6 +280,13 @@ class KubernetesBackend:
                 break
             time.sleep(self.poll_interval)
         return observed
+
+    def render(self, workloads: Sequence[Workload], manager: str, *,
+               secrets: bool = False) -> list[dict[str, Any]]:
+        """The objects an apply of ``workloads`` writes (pull Secrets first), the Secrets'
+        data masked unless ``secrets``. No request."""
+        objects = render(workloads, manager, self.options)
+        return objects if secrets else [mask_secret(o) for o in objects]
 
     def _collect_secrets(self, manager: str) -> list[str]:
         """Delete this manager's pull Secrets that none of its Deployments references."""
