@@ -529,3 +529,55 @@ def test_the_rbac_manifest_grants_exactly_the_verbs_sent(standin: StandIn,
     rules = _rbac_rules()
     assert rules == {resource: verbs | ({"create"} if resource in applied else set())
                      for resource, verbs in sent.items()}
+
+
+def test_a_fleet_pass_rotates_the_pull_secret_and_a_steady_pass_writes_nothing(
+        standin: StandIn, tmp_path: Path, make_settings: Callable[..., Settings],
+        plugins: Any) -> None:
+    from composer_core.fleet.connectors import Connector
+    from composer_core.fleet.reconcile import Reconciler
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(standin.kubeconfig(NS)))
+    manager = unique("xtm-test-manager")
+
+    def settings(password: str) -> Settings:
+        return make_settings({"manager.id": manager,
+                              "opencti.daemon.kubernetes.kubeconfig": str(kubeconfig),
+                              "opencti.daemon.kubernetes.rollout_timeout": 5,
+                              "opencti.daemon.docker.registries": [
+                                  {"url": REGISTRY, "username": USER, "password": password}]})
+
+    connectors = [Connector(id="c1", name="conn-a", image=f"{REGISTRY}/xtm/connector:1"),
+                  Connector(id="c2", name="conn-b", image="docker.io/library/busybox:1.36")]
+    backend = connect(settings(PASSWORD))
+    try:
+        first = Reconciler(backend, settings(PASSWORD), plugins).run_pass(connectors)
+        assert not first.failed and [s.action for s in first.steps] == ["deploy", "deploy"]
+        name = secret_name(manager, REGISTRY)
+        assert _decoded(standin.get("secrets", NS, name))["auths"][REGISTRY]["password"] == (
+            PASSWORD)
+        standin.requests.clear()
+        steady = Reconciler(backend, settings(PASSWORD), plugins).run_pass(connectors)
+        assert [s.action for s in steady.steps] == ["nothing", "nothing"]
+        assert [r.method for r in standin.requests] == ["GET", "GET"]  # the observation only
+        # the registry's password changes in the settings: the next pass updates the Secret
+        # (one apply of that Secret), and the Deployments are left as they are
+        rotated = "rotated-" + PASSWORD
+        standin.requests.clear()
+        Reconciler(backend, settings(rotated), plugins).run_pass(connectors)
+        writes = [r for r in standin.requests if r.method != "GET"]
+        assert [(r.method, r.path) for r in writes] == [
+            ("PATCH", f"/api/v1/namespaces/{NS}/secrets/{name}")]
+        assert _decoded(standin.get("secrets", NS, name))["auths"][REGISTRY]["password"] == (
+            rotated)
+        assert writes[0].content_type == "application/apply-patch+yaml"
+        # a refused refresh is a warning of the pass, which goes on
+        standin.forbidden.add(("PATCH", "secrets"))
+        refused = Reconciler(backend, settings("again-" + PASSWORD), plugins).run_pass(
+            connectors)
+        assert not refused.failed and [s.action for s in refused.steps] == ["nothing", "nothing"]
+        (warning,) = [w for w in refused.warnings if "pull secrets not refreshed" in w]
+        assert "refused to patch secrets" in warning and PASSWORD not in warning
+    finally:
+        backend.close()

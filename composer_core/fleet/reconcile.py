@@ -229,9 +229,16 @@ class Reconciler:
         for step in steps:
             if step.action == "nothing":
                 step.result = "ok"
+        # a backend holding registry credentials of its own (kubernetes pull Secrets) is given
+        # every connector's workload each pass, so that a rotated credential reaches it
+        sync = getattr(self.backend, "sync_pull_secrets", None)
+        applying = [s for s in todo if s.action in ("deploy", "replace", "recreate")]
+        workloads = self._workloads([s for s in steps if s.spec is not None and s.connector]
+                                    if sync is not None else applying)
+        if sync is not None:
+            self._sync_pull_secrets(sync, workloads, result)
         if not todo:
             return result
-        workloads = self._workloads([s for s in todo if s.action in ("deploy", "replace", "recreate")])
         # Orphans' removals first: a connector whose id changed but whose name did not is an
         # orphan to remove *and* a deploy under the same name; in parallel they would race.
         # Stale workloads of a connector last: its old workload goes once the new one runs.
@@ -285,6 +292,14 @@ class Reconciler:
                                               state=step.connector.status,
                                               resolution=resolution, tls=tls)
         return workloads
+
+    def _sync_pull_secrets(self, sync: Any, workloads: dict[int, Workload | ComposerError],
+                           result: Pass) -> None:
+        try:
+            sync([w for w in workloads.values() if isinstance(w, Workload)], self.manager)
+        except Exception as exc:  # noqa: BLE001 - a failed sync must not stop the pass
+            error = as_composer_error(exc)
+            result.warnings.append(f"pull secrets not refreshed: {redact.scrub(error.message)}")
 
     def _execute(self, step: PlannedStep, workloads: dict[int, Workload | ComposerError]) -> None:
         if self.stop_event.is_set():

@@ -115,6 +115,8 @@ class KubernetesBackend:
         self.stop_timeout = 10
         #: the resolution applied per workload name: what a later observation explains itself by
         self._resolutions: dict[str, Resolution] = {}
+        #: pull Secret name -> the data this process last applied (a steady pass sends nothing)
+        self._applied_secrets: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     # --- observe ----------------------------------------------------------------------------
@@ -198,7 +200,7 @@ class KubernetesBackend:
         secret = None
         if creds is not None:
             secret = secret_name(manager, creds.registry)
-            self.api.apply("", "secrets", secret, pull_secret(creds, manager, self.api.namespace))
+            self._apply_secret(pull_secret(creds, manager, self.api.namespace))
         body = deployment(workload, self.options, secret)
         detail = ""
         action: ApplyAction
@@ -301,19 +303,32 @@ class KubernetesBackend:
                     self.api.delete("", "secrets", name, uid=secret["metadata"].get("uid"))
                 except ContainerNotFound:
                     pass
+                with self._lock:
+                    self._applied_secrets.pop(name, None)
                 deleted.append(name)
         return deleted
 
+    def _apply_secret(self, obj: Mapping[str, Any]) -> None:
+        name = str(obj["metadata"]["name"])
+        self.api.apply("", "secrets", name, obj)
+        with self._lock:
+            self._applied_secrets[name] = obj["data"]
+
     def sync_pull_secrets(self, workloads: Sequence[Workload], manager: str) -> list[str]:
-        """Re-apply the pull Secret of every registry the ``workloads`` use (a rotated
-        credential reaches the cluster), and delete those no Deployment uses. The Secrets
-        applied or deleted, by name."""
+        """What a fleet pass calls with every connector's workload: the pull Secret of each
+        registry they use is applied when its credential differs from what this process last
+        applied (a rotated credential reaches the cluster on the next pass; a steady pass sends
+        nothing). The Secrets applied, by name."""
         done = []
         for obj in render(workloads, manager, self.options):
-            if obj["kind"] == "Secret":
-                self.api.apply("", "secrets", obj["metadata"]["name"], obj)
+            if obj["kind"] != "Secret":
+                continue
+            with self._lock:
+                same = self._applied_secrets.get(obj["metadata"]["name"]) == obj["data"]
+            if not same:
+                self._apply_secret(obj)
                 done.append(obj["metadata"]["name"])
-        return done + self._collect_secrets(manager)
+        return done
 
     # --- set_state, remove, logs --------------------------------------------------------------
 
