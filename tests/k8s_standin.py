@@ -17,7 +17,9 @@ else:
   match its template's labels (422);
 * ``v1`` Pods: made by a tiny Deployment controller, synchronously on every Deployment write
   (replicas 0/1; a changed template replaces the pod at once: no rolling update, no scheduling),
-  listed by ``labelSelector``; their status is what the TEST says: a ``kubelet`` callback decides
+  listed by ``labelSelector`` and watched (``watch=true`` from a ``resourceVersion``, chunked
+  ``ADDED`` / ``MODIFIED`` / ``DELETED`` events until ``timeoutSeconds``); their status is what
+  the TEST says: a ``kubelet`` callback decides
   the status of each new pod (and its output lines) from the pod and the namespace's Secrets, and
   :meth:`StandIn.set_pod_status` changes it later (pending -> ErrImagePull -> ImagePullBackOff,
   running, CrashLoopBackOff); the status builders below write what a kubelet writes;
@@ -265,9 +267,14 @@ class StandIn:
         self.on_request: Callable[[Request], None] | None = None
         self._version = 100
         self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        #: every pod change, for watches: (resourceVersion, ADDED / MODIFIED / DELETED, pod)
+        self.pod_events: list[tuple[int, str, dict[str, Any]]] = []
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, and chunked watch streams
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -278,7 +285,8 @@ class StandIn:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
@@ -315,6 +323,7 @@ class StandIn:
             stored = self.store[("v1", "pods", namespace, pod)]
             stored.obj["status"] = copy.deepcopy(status)
             self._bump(stored.obj)
+            self._pod_event("MODIFIED", stored.obj)
             owner = stored.obj["metadata"]["labels"]["xtm-standin/deployment"]
             dep = self.store.get(("apps/v1", "deployments", namespace, owner))
             if dep is not None:
@@ -363,6 +372,9 @@ class StandIn:
                 raise Refused(401, "Unauthorized", "Unauthorized")
             if self.on_request is not None:
                 self.on_request(request)
+            if request.method == "GET" and request.query.get("watch") in ("true", "1"):
+                self._watch(handler, request)
+                return
             code, answer = self._route(request)
         except Refused as refused:
             code, answer = refused.code, refused.status()
@@ -373,6 +385,47 @@ class StandIn:
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
         handler.wfile.write(data)
+
+    def _watch(self, handler: BaseHTTPRequestHandler, request: Request) -> None:
+        """A watch of pods by label selector from ``resourceVersion``: one JSON event per line
+        (``{"type", "object"}``), chunked as a real API server streams it, until
+        ``timeoutSeconds`` (at most 30) pass."""
+        parts = request.path.strip("/").split("/")
+        if parts[:2] != ["api", "v1"] or len(parts) != 5 or parts[4] != "pods":
+            raise Refused(405, "MethodNotAllowed", "the stand-in watches only pods")
+        namespace = parts[3]
+        wanted = dict(item.split("=", 1) for item in (request.query.get("labelSelector") or "")
+                      .split(",") if item)
+        since = int(request.query.get("resourceVersion") or 0)
+        deadline = time.monotonic() + min(float(request.query.get("timeoutSeconds") or 30), 30)
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+
+        def chunk(data: bytes) -> None:
+            handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+        for _ in range(10_000):  # bounded: a watch ends at its deadline anyway
+            with self._lock:
+                fresh = [(v, kind, pod) for v, kind, pod in self.pod_events if v > since
+                         and pod["metadata"]["namespace"] == namespace
+                         and all(pod["metadata"].get("labels", {}).get(k) == val
+                                 for k, val in wanted.items())]
+                since = max([since, *[v for v, _, _ in self.pod_events]])
+                remaining = deadline - time.monotonic()
+                if not fresh and remaining > 0:
+                    self._changed.wait(min(remaining, 0.5))
+            try:
+                for _, kind, pod in fresh:
+                    chunk(json.dumps({"type": kind, "object": pod}).encode() + b"\n")
+                if remaining <= 0:
+                    handler.wfile.write(b"0\r\n\r\n")
+                handler.wfile.flush()
+            except OSError:  # the client went away
+                return
+            if remaining <= 0:
+                return
 
     def _route(self, request: Request) -> tuple[int, Any]:
         parts = [unquote(p) for p in request.path.strip("/").split("/")]
@@ -577,9 +630,18 @@ class StandIn:
         self._version += 1
         obj["metadata"]["resourceVersion"] = str(self._version)
 
+    def _pod_event(self, kind: str, pod: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            self._version += 1
+        version = self._version if kind == "DELETED" else int(pod["metadata"]["resourceVersion"])
+        self.pod_events.append((version, kind, copy.deepcopy(pod)))
+        self._changed.notify_all()
+
     def _remove_pod(self, namespace: str, name: str) -> None:
-        self.store.pop(("v1", "pods", namespace, name), None)
+        found = self.store.pop(("v1", "pods", namespace, name), None)
         self.logs.pop(name, None)
+        if found is not None:
+            self._pod_event("DELETED", found.obj)
 
     def _reconcile(self, dep: dict[str, Any]) -> None:
         meta, spec = dep["metadata"], dep["spec"]
@@ -613,6 +675,7 @@ class StandIn:
             self.logs[pod_name] = list(lines)
             self._bump(pod)
             self.store[("v1", "pods", namespace, pod_name)] = _Stored(pod)
+            self._pod_event("ADDED", pod)
         self._deployment_status(dep)
 
     def _deployment_status(self, dep: dict[str, Any]) -> None:

@@ -500,6 +500,8 @@ def _verb(request: k8s_standin.Request) -> tuple[str, str]:
     parts = request.path.strip("/").split("/")
     rest = parts[parts.index("namespaces") + 2:]
     resource = rest[0] + ("/" + rest[2] if len(rest) > 2 else "")
+    if request.method == "GET" and request.query.get("watch") == "true":
+        return resource, "watch"
     if request.method == "GET":
         return resource, "get" if len(rest) > 1 else "list"
     return resource, {"PATCH": "patch", "DELETE": "delete"}[request.method]
@@ -514,6 +516,9 @@ def test_the_rbac_manifest_grants_exactly_the_verbs_sent(standin: StandIn,
     workload = contract_workload(env, "conn-a", image=f"{REGISTRY}/xtm/connector:1",
                                  credentials=creds)
     observed = backend.apply(workload, None).observed
+    pending = (k8s_standin.waiting("ContainerCreating"), [])
+    standin.kubelet = lambda pod, secrets: pending  # the next pod stays pending: a watch
+    backend.rollout_timeout = 1
     backend.apply(contract_workload(env, "conn-a", credentials=Anonymous), observed)
     (observed,) = backend.observe({LABEL_MANAGER: env.manager})
     backend.logs(observed, 3)
@@ -581,3 +586,58 @@ def test_a_fleet_pass_rotates_the_pull_secret_and_a_steady_pass_writes_nothing(
         assert "refused to patch secrets" in warning and PASSWORD not in warning
     finally:
         backend.close()
+
+
+def test_a_refused_token_or_a_non_json_answer_is_a_typed_error(
+        standin: StandIn, backend: KubernetesBackend) -> None:
+    token = standin.token
+    standin.token = "another-token"  # our token expired
+    with pytest.raises(RuntimeUnavailable) as caught:
+        backend.observe({})
+    assert "HTTP 401" in caught.value.message and token not in str(caught.value)
+    standin.token = token
+    observed = backend.apply(contract_workload(env_of(standin), "conn-a"), None).observed
+    (pod,) = standin.pods_of(NS, observed.name)
+    # a log is text: read as JSON (what an API server that is not one would answer), it is a
+    # typed error, not a ValueError
+    with pytest.raises(ContainerError) as error:
+        backend.api.request("GET", f"/api/v1/namespaces/{NS}/pods/{pod['metadata']['name']}/log")
+    assert "not JSON" in error.value.message
+
+
+@pytest.mark.parametrize("outcome", ["running", "pull-error"])
+def test_apply_watches_the_pod_until_it_runs_or_cannot_pull(standin: StandIn,
+                                                            backend: KubernetesBackend,
+                                                            outcome: str) -> None:
+    """The pod is pending when the apply lists it; the test drives it (ErrImagePull, or
+    running) once the backend watches: the apply returns or raises on that event."""
+    import threading
+
+    standin.kubelet = lambda pod, secrets: (k8s_standin.waiting("ContainerCreating"), [])
+    watches: list[k8s_standin.Request] = []
+
+    def kubelet_later(request: k8s_standin.Request) -> None:
+        if request.query.get("watch") != "true" or watches:
+            return
+        watches.append(request)
+        (pod,) = standin.pods_of(NS, "conn-a")
+        status = (k8s_standin.running() if outcome == "running"
+                  else k8s_standin.waiting("ErrImagePull", ANONYMOUS_401))
+        threading.Timer(0.05, standin.set_pod_status,
+                        (NS, pod["metadata"]["name"], status)).start()
+
+    standin.on_request = kubelet_later
+    workload = contract_workload(env_of(standin), "conn-a", credentials=Anonymous)
+    if outcome == "running":
+        applied = backend.apply(workload, None)
+        assert applied.observed.state == "started"
+    else:
+        with pytest.raises(AuthenticationRequired):
+            backend.apply(workload, None)
+    (watch,) = watches
+    (listed,) = [r for r in standin.requests if r.method == "GET" and r.path == watch.path
+                 and "watch" not in r.query]
+    assert watch.path == f"/api/v1/namespaces/{NS}/pods"
+    assert watch.query["labelSelector"] == listed.query["labelSelector"]
+    assert LABEL_HASH in watch.query["labelSelector"]  # the pods of this template only
+    assert int(watch.query["resourceVersion"]) > 0 and 0 < int(watch.query["timeoutSeconds"]) <= 5

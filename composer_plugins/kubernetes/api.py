@@ -11,9 +11,10 @@ missing; 404 -> :class:`ContainerNotFound`; 409 / 422 and any other refusal -> :
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -141,7 +142,13 @@ class Api:
             return self._refused(method, path, response.status, data)
         if raw:
             return data.decode("utf-8", errors="replace") if isinstance(data, bytes) else str(data)
-        return json.loads(data) if data else {}
+        try:
+            return json.loads(data) if data else {}
+        except ValueError:
+            raise ContainerError(f"the Kubernetes API server {self.endpoint} answered {method} "
+                                 f"{path} with something that is not JSON",
+                                 hint="check that the kubeconfig's server is a Kubernetes API "
+                                      "server") from None
 
     def _unavailable(self, exc: BaseException) -> RuntimeUnavailable:
         return RuntimeUnavailable(f"the Kubernetes API server {self.endpoint} does not answer: "
@@ -162,7 +169,12 @@ class Api:
         resource = _resource_of(path)
         verb = "list" if method == "GET" and path.rstrip("/").endswith(
             ("/deployments", "/pods", "/secrets")) else _VERBS.get(method, method.lower())
-        if status in (401, 403):
+        if status == 401:
+            raise RuntimeUnavailable(
+                f"the Kubernetes API server {self.endpoint} refused our credentials (HTTP 401): "
+                f"{message}", hint="refresh the kubeconfig's credentials (token, certificate) "
+                                   "or the service account token")
+        if status == 403:
             raise ContainerError(
                 f"Kubernetes refused to {verb} {resource} in namespace {self.namespace!r} "
                 f"(HTTP {status}): {message}",
@@ -194,6 +206,57 @@ class Api:
         answer = self.request("GET", self.ns_path(group, resource),
                               query={"labelSelector": selector(labels) or None})
         return list(answer.get("items") or [])
+
+    def list_from(self, group: str, resource: str,
+                  labels: Mapping[str, str]) -> tuple[builtins.list[Any], str]:
+        """The list, and its resourceVersion (where a watch starts)."""
+        answer = self.request("GET", self.ns_path(group, resource),
+                              query={"labelSelector": selector(labels) or None})
+        return list(answer.get("items") or []), str(
+            (answer.get("metadata") or {}).get("resourceVersion") or "")
+
+    def watch(self, group: str, resource: str, labels: Mapping[str, str], version: str,
+              seconds: int) -> Generator[tuple[str, Any], None, None]:
+        """(event type, object) of a watch by label selector from ``version``, for at most
+        ``seconds`` (the server ends the stream; the read timeout is a little longer)."""
+        from kubernetes.client.exceptions import ApiException
+
+        query = [("labelSelector", selector(labels)), ("watch", "true"),
+                 ("resourceVersion", version), ("timeoutSeconds", str(max(1, seconds))),
+                 ("allowWatchBookmarks", "false")]
+        path = self.ns_path(group, resource)
+        try:
+            params = self.client.param_serialize(
+                method="GET", resource_path=path, query_params=query,
+                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+            response = self.client.call_api(*params, _request_timeout=(
+                self.timeout, max(1, seconds) + self.timeout))
+        except ApiException as exc:
+            if exc.status:
+                self._refused("GET", path, exc.status, exc.body)
+            raise self._unavailable(exc) from None
+        except Exception as exc:  # noqa: BLE001 - urllib3/socket errors
+            raise self._unavailable(exc) from None
+        if not 200 <= response.status <= 299:
+            self._refused("GET", path, response.status, response.read())
+        buffer = b""
+        try:
+            for chunk in response.response.stream(4096, decode_content=True):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        event = json.loads(line)
+                        yield str(event.get("type")), event.get("object") or {}
+        except ValueError:
+            return  # a torn line: the caller lists again
+        except Exception as exc:  # noqa: BLE001 - the stream broke: the caller lists again
+            if isinstance(exc, GeneratorExit):
+                raise
+            return
+        finally:
+            # a watch left before its end cannot go back to the pool with unread data
+            response.response.close()
 
     def delete(self, group: str, resource: str, name: str, *, uid: str | None = None) -> Any:
         body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions",

@@ -17,9 +17,11 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import closing
 from typing import Any
 
 from composer_core.auth.chain import Resolution
@@ -266,21 +268,41 @@ class KubernetesBackend:
                                   f"{name} -o yaml`); the next pass tries again")
 
     def _rollout(self, dep: Mapping[str, Any], workload: Workload) -> Observed:
-        """What the workload is once its pod runs, crash-loops or fails to pull (bounded)."""
+        """What the workload is once its pod runs, crash-loops or fails to pull: a list of its
+        pods, then a watch from there (bounded by ``rollout_timeout``; a watch that ends early
+        is followed by a new list)."""
         labels = {**selector_labels(workload.labels), LABEL_HASH: workload.config_hash}
         observed = self._observed(dep, [])
         if workload.state != "started":
             return observed
         deadline = time.monotonic() + self.rollout_timeout
         for _ in range(int(self.rollout_timeout / self.poll_interval) + 2):
-            observed = self._observed(dep, self.api.list("", "pods", labels))
+            items, version = self.api.list_from("", "pods", labels)
+            pods = {p["metadata"]["name"]: p for p in items}
+            observed = self._observed(dep, pods.values())
             if observed.error is not None:
                 raise observed.error
-            if observed.state in ("started", "restarting"):
+            remaining = deadline - time.monotonic()
+            if observed.state in ("started", "restarting") or remaining <= 0:
                 return observed
+            with closing(self.api.watch("", "pods", labels, version,
+                                        math.ceil(remaining))) as events:
+                for kind, pod in events:
+                    if kind == "ERROR":  # such as 410 Gone: list again
+                        break
+                    name = str((pod.get("metadata") or {}).get("name"))
+                    if kind == "DELETED":
+                        pods.pop(name, None)
+                    else:
+                        pods[name] = pod
+                    observed = self._observed(dep, pods.values())
+                    if observed.error is not None:
+                        raise observed.error
+                    if observed.state in ("started", "restarting"):
+                        return observed
             if time.monotonic() > deadline:
                 break
-            time.sleep(self.poll_interval)
+            time.sleep(self.poll_interval)  # the watch ended early: not in a tight loop
         return observed
 
     def render(self, workloads: Sequence[Workload], manager: str, *,
