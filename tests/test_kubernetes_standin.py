@@ -641,3 +641,48 @@ def test_apply_watches_the_pod_until_it_runs_or_cannot_pull(standin: StandIn,
     assert watch.query["labelSelector"] == listed.query["labelSelector"]
     assert LABEL_HASH in watch.query["labelSelector"]  # the pods of this template only
     assert int(watch.query["resourceVersion"]) > 0 and 0 < int(watch.query["timeoutSeconds"]) <= 5
+
+
+def test_in_cluster_uses_the_service_account_and_the_pods_namespace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standin: StandIn) -> None:
+    """No kubeconfig, KUBERNETES_SERVICE_HOST set: the mounted service account (token, CA,
+    namespace). In-cluster is always HTTPS; the stand-in speaks HTTP, so the request itself fails
+    here, as a typed RuntimeUnavailable."""
+    from composer_plugins.kubernetes import api
+
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(standin.token)
+    (account / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nnot checked here\n")
+    (account / "namespace").write_text("pod-ns\n")
+    monkeypatch.setattr(api, "SERVICE_ACCOUNT_DIR", str(account))
+    port = standin.url.rsplit(":", 1)[1]
+    environ = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": port}
+    connected = api.Api.connect(kubeconfig=None, context=None, namespace=None, environ=environ,
+                                timeout=5)
+    try:
+        assert connected.namespace == "pod-ns"
+        assert connected.endpoint == f"https://127.0.0.1:{port} (in-cluster service account)"
+        with pytest.raises(RuntimeUnavailable):
+            connected.request("GET", connected.ns_path("", "pods"))
+    finally:
+        connected.close()
+    named = api.Api.connect(kubeconfig=None, context=None, namespace="intel", environ=environ)
+    assert named.namespace == "intel"
+    named.close()
+    with pytest.raises(RuntimeUnavailable) as nothing:
+        api.Api.connect(kubeconfig=None, context=None, namespace=None, environ={})
+    assert "no Kubernetes cluster configured" in nothing.value.message
+
+
+def test_a_kubeconfig_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    import os
+
+    from composer_plugins.kubernetes import api
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, tmp_path, tmp_path / "missing"):
+        with pytest.raises(RuntimeUnavailable) as caught:
+            api.Api.connect(kubeconfig=str(path), context=None, namespace=None, environ={})
+        assert "cannot be loaded" in caught.value.message

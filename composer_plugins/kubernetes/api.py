@@ -22,11 +22,13 @@ from urllib.parse import quote
 from composer_core import redact
 from composer_core.engine.pullerrors import reason_of
 from composer_core.errors import ContainerError, ContainerNotFound, RuntimeUnavailable
+from composer_core.files import LIMIT_AUTH_FILE, LIMIT_SECRET_FILE, FileReadError, read_text
 from composer_plugins.kubernetes.objects import FIELD_MANAGER
 
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
-SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+#: where a pod's service account is mounted (token, ca.crt, namespace)
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 #: the RBAC verb of each HTTP method (a list is a GET on a collection)
 _VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
 
@@ -82,6 +84,8 @@ class Api:
             path = str(Path("~/.kube/config").expanduser())
         try:
             if path is not None:
+                # bounded, regular files only (a FIFO or a huge file never reaches the client)
+                read_text(path, limit=LIMIT_AUTH_FILE, what="kubeconfig")
                 k8s_config.load_kube_config(config_file=path, context=context,
                                             client_configuration=configuration,
                                             persist_config=False)
@@ -91,8 +95,14 @@ class Api:
                 default_ns = (chosen or {}).get("context", {}).get("namespace") or "default"
                 where = f"kubeconfig {path}" + (f" context {context}" if context else "")
             elif env.get("KUBERNETES_SERVICE_HOST"):
-                k8s_config.load_incluster_config(client_configuration=configuration)
-                default_ns = Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or "default"
+                from kubernetes.config.incluster_config import InClusterConfigLoader
+
+                account = Path(SERVICE_ACCOUNT_DIR)
+                InClusterConfigLoader(token_filename=str(account / "token"),
+                                      cert_filename=str(account / "ca.crt"),
+                                      environ=env).load_and_set(configuration)
+                default_ns = read_text(account / "namespace", limit=LIMIT_SECRET_FILE,
+                                       what="the service account's namespace").strip()
                 where = "in-cluster service account"
             else:
                 raise RuntimeUnavailable(
@@ -100,7 +110,7 @@ class Api:
                     "and not running in a cluster",
                     hint="set KUBECONFIG or opencti.daemon.kubernetes.kubeconfig, or run "
                          "xtm-composer in a pod with a service account")
-        except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
+        except (ConfigException, OSError, ValueError, TypeError, KeyError, FileReadError) as exc:
             raise RuntimeUnavailable(f"the Kubernetes configuration cannot be loaded "
                                      f"({path or 'in-cluster'}): {redact.scrub(str(exc))}",
                                      hint="check the kubeconfig file and the context name") from None
