@@ -114,3 +114,40 @@ def test_dry_run_yaml_against_the_standin_prints_the_same_objects_and_writes_not
         assert_no_secrets(out + err, [PASSWORD])
     finally:
         standin.close()
+
+
+@pytest.mark.k8s_standin
+def test_single_name_commands_on_the_standin(run_cli: RunCli, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy, ps, logs, stop, start, rm as on the other backends (the stand-in's kubelet runs
+    every pod and gives it the kit's output lines)."""
+    standin = StandIn()
+    try:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(standin.kubeconfig("xtm")))
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        monkeypatch.setenv("OPENCTI__DAEMON__SELECTOR", "kubernetes")
+        code, out, err = run_cli(["deploy", "docker.io/library/busybox:1.36", "--name", "conn-a",
+                                  "--env", "XTM_CONTRACT_OUTPUT=one\ntwo\nthree"])
+        assert code == 0, err
+        code, out, err = run_cli(["ps", "--json"])
+        assert code == 0, err
+        (row,) = json.loads(out)["containers"]
+        assert (row["name"], row["state"], row["status"]) == ("conn-a", "started", "running")
+        assert (row["replicas_wanted"], row["replicas_running"]) == (1, 1)
+        code, out, err = run_cli(["logs", "conn-a", "--tail", "2"])
+        assert (code, out) == (0, "two\nthree\n"), err
+        code, out, err = run_cli(["rm", "conn-a"])
+        assert code == 12 and "stop it first" in err  # running: refused without --force
+        assert run_cli(["stop", "conn-a"])[0] == 0
+        assert standin.get("deployments", "xtm", "conn-a")["spec"]["replicas"] == 0
+        code, out, _ = run_cli(["ps"])
+        assert "stopped (scaled to 0)" in out and "0/0" in out
+        assert run_cli(["start", "conn-a"])[0] == 0
+        assert standin.get("deployments", "xtm", "conn-a")["spec"]["replicas"] == 1
+        assert run_cli(["rm", "--force", "conn-a"])[0] == 0
+        assert standin.get("deployments", "xtm", "conn-a") is None
+        code, _, err = run_cli(["logs", "conn-a"])
+        assert code == 13 and "Traceback" not in err
+    finally:
+        standin.close()

@@ -330,11 +330,12 @@ def test_state_comes_from_the_pod_as_the_test_drives_it(standin: StandIn,
     try:
         standin.set_pod_status(NS, name, k8s_standin.unschedulable("0/3 nodes are available"))
         assert seen().state == "pending" and seen().detail == (
-            "Unschedulable: 0/3 nodes are available")
+            "Unschedulable (0/3 nodes are available)")
         for reason in ("ErrImagePull", "ImagePullBackOff"):
             standin.set_pod_status(NS, name, k8s_standin.waiting(reason, ANONYMOUS_401))
             observed = seen()
-            assert observed.state == "failed" and observed.detail.startswith(reason)
+            assert observed.state == "failed" and observed.status == reason
+            assert observed.detail == f"{reason} ({ANONYMOUS_401})"
             assert isinstance(observed.error, AuthenticationRequired)
             # the same explanation as a failed pull on a single host, with the credential trace
             assert "credential chain" in observed.error.message
@@ -344,7 +345,8 @@ def test_state_comes_from_the_pod_as_the_test_drives_it(standin: StandIn,
         standin.set_pod_status(NS, name, k8s_standin.crash_loop(7, "OOMKilled", 137))
         observed = seen()
         assert observed.state == "restarting" and observed.restart_count == 7
-        assert "OOMKilled" in observed.detail and "137" in observed.detail
+        assert observed.detail == ("CrashLoopBackOff (restarted 7 times, last exit OOMKilled, "
+                                   "code 137)")
         assert (observed.replicas_wanted, observed.replicas_running) == (1, 0)
     finally:
         backend.close()

@@ -66,6 +66,11 @@ def render(workloads: Sequence[Workload], manager: str, options: Options) -> lis
     return [*secrets.values(), *deployments]
 
 
+def _said(word: str, text: str = "") -> str:
+    """A detail whose first word is the state's own word (what ``ps`` shows as the status)."""
+    return f"{word} ({text})" if text else word
+
+
 def _pod_state(pod: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
     """(state, detail, container status) of one pod."""
     status = pod.get("status") or {}
@@ -78,26 +83,25 @@ def _pod_state(pod: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
     if pod.get("metadata", {}).get("deletionTimestamp"):
         return "stopped", "terminating", container
     if reason in PULL_FAILURES:
-        return "failed", f"{reason}: {message}".rstrip(": "), container
+        return "failed", _said(reason, message), container
     if reason == "CrashLoopBackOff":
         last = (container.get("lastState") or {}).get("terminated") or {}
-        why = last.get("reason") or "unknown"
         code = last.get("exitCode")
-        return ("restarting", f"CrashLoopBackOff: restarted {container.get('restartCount', 0)} "
-                f"times, last exit {why}" + (f" (code {code})" if code is not None else ""),
-                container)
+        return "restarting", _said(reason, f"restarted {container.get('restartCount', 0)} times, "
+                                   f"last exit {last.get('reason') or 'unknown'}"
+                                   + (f", code {code}" if code is not None else "")), container
     if status.get("phase") == "Running" and state.get("running") and container.get("ready"):
         return "started", f"running on {pod.get('spec', {}).get('nodeName') or '?'}", container
     if status.get("phase") in ("Succeeded", "Failed"):
-        return "stopped", f"pod {str(status.get('phase')).lower()}", container
+        return "stopped", _said(str(status["phase"]), "the pod ended"), container
     if reason:
-        return "pending", f"{reason}: {message}".rstrip(": "), container
+        return "pending", _said(reason, message), container
     for condition in status.get("conditions") or []:
         if condition.get("status") == "False" and condition.get("reason"):
-            return "pending", (f"{condition['reason']}: {condition.get('message') or ''}"
-                               .rstrip(": ")), container
+            return "pending", _said(str(condition["reason"]),
+                                    str(condition.get("message") or "")), container
     if state.get("running"):
-        return "pending", "running, not ready", container
+        return "pending", _said("Running", "not ready"), container
     return "pending", str(status.get("phase") or "Pending"), container
 
 
@@ -153,15 +157,18 @@ class KubernetesBackend:
         error: ComposerError | None = None
         restarts, started_at = 0, None
         if wanted == 0:
-            state, detail = "stopped", ("scaled to 0" if not mine else "scaled to 0, terminating")
+            state, detail = "stopped", _said("stopped", "scaled to 0" + (", terminating"
+                                                                       if mine else ""))
         elif not mine:
-            state, detail = "pending", "no pod yet"
+            state, detail = "pending", _said("pending", "no pod yet")
         else:
             state, detail, container = _pod_state(mine[0])
             restarts = int(container.get("restartCount") or 0)
             started_at = ((container.get("state") or {}).get("running") or {}).get("startedAt")
             if state == "failed":
-                error = self._pull_error(name, image, mine[0], detail)
+                waiting = (container.get("state") or {}).get("waiting") or {}
+                error = self._pull_error(name, image, mine[0], str(waiting.get("message")
+                                                                   or waiting.get("reason")))
         return Observed(id=str(meta.get("uid")), name=name, labels=dict(meta.get("labels") or {}),
                         state=state,  # type: ignore[arg-type]
                         image=image, restart_count=restarts, started_at=started_at,
@@ -169,8 +176,7 @@ class KubernetesBackend:
                         error=error)
 
     def _pull_error(self, name: str, image: str, pod: Mapping[str, Any],
-                    detail: str) -> ComposerError:
-        text = detail.split(": ", 1)[1] if ": " in detail else detail
+                    text: str) -> ComposerError:
         with self._lock:
             resolution = self._resolutions.get(name)
         if resolution is not None:
