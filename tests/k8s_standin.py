@@ -551,9 +551,9 @@ class StandIn:
                               [{"type": "FieldManagerConflict", "field": _dotted(p),
                                 "message": f'conflict with "{others[p][0]}"'}
                                for p in conflicts])
-            for other in managers:
-                if other != me:
-                    managers[other] -= set(wanted)
+            for other in managers:  # forced: the conflicting fields move to the applier;
+                if other != me:       # a field applied with the same value is shared
+                    managers[other] -= set(conflicts)
             still_owned = {p for m, paths in managers.items() if m != me for p in paths}
             new = copy.deepcopy(current) if current else {
                 "apiVersion": config["apiVersion"], "kind": config["kind"],

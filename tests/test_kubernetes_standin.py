@@ -688,3 +688,38 @@ def test_a_kubeconfig_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> N
         with pytest.raises(RuntimeUnavailable) as caught:
             api.Api.connect(kubeconfig=str(path), context=None, namespace=None, environ={})
         assert "cannot be loaded" in caught.value.message
+
+
+def test_the_standin_applies_as_an_api_server_does(standin: StandIn,
+                                                   backend: KubernetesBackend) -> None:
+    """The stand-in's own server-side apply semantics that the backend relies on: without force,
+    a field another manager owns with another value is a 409 naming the field; the same value is
+    shared; with force the field moves."""
+    from composer_plugins.kubernetes.api import APPLY_PATCH, ApiError
+
+    env = env_of(standin)
+    backend.apply(contract_workload(env, "conn-a"), None)
+    path = f"/apis/apps/v1/namespaces/{NS}/deployments/conn-a"
+
+    def apply_as(manager: str, replicas: int, force: bool) -> Any:
+        body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "conn-a"},
+                "spec": {"replicas": replicas}}
+        return backend.api.request("PATCH", path, body=body, content_type=APPLY_PATCH,
+                                   query={"fieldManager": manager,
+                                          "force": "true" if force else None})
+
+    with pytest.raises(ApiError) as conflict:
+        apply_as("hpa", 3, force=False)
+    assert conflict.value.status == 409 and conflict.value.causes == [
+        'spec.replicas: conflict with "xtm-composer"']
+    shared = apply_as("hpa", 1, force=False)
+    owners = {m["manager"] for m in shared["metadata"]["managedFields"]
+              if "f:replicas" in m["fieldsV1"].get("f:spec", {})}
+    assert owners == {"xtm-composer", "hpa"}
+    moved = apply_as("hpa", 3, force=True)
+    owners = {m["manager"] for m in moved["metadata"]["managedFields"]
+              if "f:replicas" in m["fieldsV1"].get("f:spec", {})}
+    assert owners == {"hpa"} and moved["spec"]["replicas"] == 3
+    with pytest.raises(ApiError) as missing:
+        backend.api.request("PATCH", path, body={"kind": "Deployment"}, content_type=APPLY_PATCH)
+    assert missing.value.status == 400  # apply without fieldManager
