@@ -723,3 +723,32 @@ def test_the_standin_applies_as_an_api_server_does(standin: StandIn,
     with pytest.raises(ApiError) as missing:
         backend.api.request("PATCH", path, body={"kind": "Deployment"}, content_type=APPLY_PATCH)
     assert missing.value.status == 400  # apply without fieldManager
+
+
+def test_a_parallel_removal_never_collects_a_secret_an_apply_is_about_to_use(
+        standin: StandIn, backend: KubernetesBackend) -> None:
+    """The fleet applies in parallel: B (the last Deployment using the registry's Secret) is
+    removed while A, new, is applied between its Secret and its Deployment. The removal's
+    collection waits for A's Deployment, so the Secret stays."""
+    import threading
+
+    env = env_of(standin)
+    creds = Credentials(registry=REGISTRY, source="config", username=USER, password=PASSWORD)
+    b = contract_workload(env, "conn-b", image=f"{REGISTRY}/xtm/connector:1", credentials=creds)
+    observed_b = backend.apply(b, None).observed
+    removal: list[threading.Thread] = []
+
+    def remove_b_meanwhile(request: k8s_standin.Request) -> None:
+        if request.method == "PATCH" and request.path.endswith("/deployments/conn-a") \
+                and not removal:
+            removal.append(threading.Thread(target=backend.remove, args=(observed_b,)))
+            removal[0].start()
+            removal[0].join(1.0)  # without the writers' lock it collects here, before A exists
+
+    standin.on_request = remove_b_meanwhile
+    a = contract_workload(env, "conn-a", image=f"{REGISTRY}/xtm/connector:2", credentials=creds)
+    backend.apply(a, None)
+    removal[0].join(10)
+    assert not removal[0].is_alive()
+    assert standin.get("deployments", NS, "conn-b") is None
+    assert standin.get("secrets", NS, secret_name(env.manager, REGISTRY)) is not None

@@ -124,6 +124,8 @@ class KubernetesBackend:
         #: pull Secret name -> the data this process last applied (a steady pass sends nothing)
         self._applied_secrets: dict[str, Any] = {}
         self._lock = threading.Lock()
+        #: one writer of Secrets and Deployments at a time (see _write)
+        self._writing = threading.RLock()
 
     # --- observe ----------------------------------------------------------------------------
 
@@ -204,32 +206,41 @@ class KubernetesBackend:
         if existing is not None and (existing["metadata"].get("labels") or {}).get(
                 LABEL_MANAGER) != manager:
             raise name_taken(workload.name, f"kubernetes namespace {self.api.namespace}", manager)
-        creds = pull_credentials(workload.credentials)
-        secret = None
-        if creds is not None:
-            secret = secret_name(manager, creds.registry)
-            self._apply_secret(pull_secret(creds, manager, self.api.namespace))
-        body = deployment(workload, self.options, secret)
-        detail = ""
-        action: ApplyAction
-        try:
-            applied = self.api.apply(APPS, "deployments", workload.name, body)
-        except ApiError as exc:
-            if not (exc.status == 422 and existing is not None
-                    and any(c.startswith("spec.selector") for c in exc.causes)):
-                raise
-            self._recreate(existing)
-            applied = self.api.apply(APPS, "deployments", workload.name, body)
-            action, detail = "replaced", ("spec.selector is immutable and differed: the "
-                                          "Deployment was deleted and recreated")
-        else:
-            action = self._action(existing, workload)
-        if existing is not None and self._secrets_of(existing) != ([secret] if secret else []):
-            self._collect_secrets(manager)
+        applied, action, detail = self._write(workload, existing, manager)
         observed = self._rollout(applied, workload)
         if not detail:
             detail = f"generation {applied.get('metadata', {}).get('generation', '?')}"
         return Applied(action=action, observed=observed, detail=detail)
+
+    def _write(self, workload: Workload, existing: Any,
+               manager: str) -> tuple[Any, ApplyAction, str]:
+        """The pull Secret, the Deployment, and the Secrets no longer used: one writer at a time
+        (a parallel apply's collection must not delete a Secret before its Deployment uses it)."""
+        with self._writing:
+            creds = pull_credentials(workload.credentials)
+            secret = None
+            if creds is not None:
+                secret = secret_name(manager, creds.registry)
+                self._apply_secret(pull_secret(creds, manager, self.api.namespace))
+            body = deployment(workload, self.options, secret)
+            detail = ""
+            action: ApplyAction
+            try:
+                applied = self.api.apply(APPS, "deployments", workload.name, body)
+            except ApiError as exc:
+                if not (exc.status == 422 and existing is not None
+                        and any(c.startswith("spec.selector") for c in exc.causes)):
+                    raise
+                self._recreate(existing)
+                applied = self.api.apply(APPS, "deployments", workload.name, body)
+                action, detail = "replaced", ("spec.selector is immutable and differed: the "
+                                              "Deployment was deleted and recreated")
+            else:
+                action = self._action(existing, workload)
+            if existing is not None and self._secrets_of(existing) != (
+                    [secret] if secret else []):
+                self._collect_secrets(manager)
+        return applied, action, detail
 
     def _existing(self, name: str) -> Any:
         try:
@@ -320,6 +331,10 @@ class KubernetesBackend:
 
     def _collect_secrets(self, manager: str) -> list[str]:
         """Delete this manager's pull Secrets that none of its Deployments references."""
+        with self._writing:
+            return self._collect_unused(manager)
+
+    def _collect_unused(self, manager: str) -> list[str]:
         used = {name for dep in self.api.list(APPS, "deployments", {LABEL_MANAGER: manager})
                 for name in self._secrets_of(dep)}
         deleted = []
@@ -354,7 +369,8 @@ class KubernetesBackend:
             with self._lock:
                 same = self._applied_secrets.get(obj["metadata"]["name"]) == obj["data"]
             if not same:
-                self._apply_secret(obj)
+                with self._writing:
+                    self._apply_secret(obj)
                 done.append(obj["metadata"]["name"])
         return done
 
