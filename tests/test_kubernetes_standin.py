@@ -163,6 +163,10 @@ def test_apply_sends_server_side_apply_requests(standin: StandIn,
         assert request.query == {"fieldManager": FIELD_MANAGER, "force": "true"}
         assert request.authorization == f"Bearer {standin.token}"
     secret_body, dep_body = (r.body for r in patches)
+    import kubernetes_validate
+
+    for body in (secret_body, dep_body):  # what went over the wire is a valid object
+        kubernetes_validate.validate(body, "1.33.0", strict=True)
     assert (secret_body["apiVersion"], secret_body["kind"]) == ("v1", "Secret")
     assert secret_body["type"] == "kubernetes.io/dockerconfigjson"
     assert (dep_body["apiVersion"], dep_body["kind"]) == ("apps/v1", "Deployment")

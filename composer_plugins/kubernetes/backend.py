@@ -200,12 +200,12 @@ class KubernetesBackend:
               progress: Callable[[PullProgress], None] | None = None) -> Applied:
         check_name(workload.name)
         manager = workload.labels[LABEL_MANAGER]
-        with self._lock:
-            self._resolutions[workload.name] = workload.resolution
         existing = self._existing(workload.name)
         if existing is not None and (existing["metadata"].get("labels") or {}).get(
                 LABEL_MANAGER) != manager:
             raise name_taken(workload.name, f"kubernetes namespace {self.api.namespace}", manager)
+        with self._lock:
+            self._resolutions[workload.name] = workload.resolution
         applied, action, detail = self._write(workload, existing, manager)
         observed = self._rollout(applied, workload)
         if not detail:
