@@ -832,3 +832,28 @@ def test_apply_says_it_waits_for_the_pass_holding_the_lock(engine, bench, manage
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert [c[0] for c in _listed(engine, bench, manager)] == ids[:1]
+
+
+def test_a_failed_pull_is_known_to_the_deployments_waiting_on_it(make_settings, plugins) -> None:
+    """Two deployments of one image at once: the second waits on the first one's pull and, when
+    it failed, fails with its error instead of pulling again (the failure is recorded before the
+    pull's lock is released)."""
+    import time
+
+    from composer_core.errors import ImageNotFound
+    from composer_core.testing import InMemoryBackend, InMemoryRuntime
+
+    class SlowMissing(InMemoryRuntime):
+        def pull(self, image, credentials, *, tls, progress=None):  # type: ignore[no-untyped-def]
+            time.sleep(0.3)  # the second deployment is waiting on the pull's lock meanwhile
+            return super().pull(image, credentials, tls=tls, progress=progress)
+
+    settings, backend = make_settings({"manager.id": "m"}), InMemoryBackend()
+    backend.runtime.__class__ = SlowMissing  # the same runtime, its pull slowed down
+    missing = "docker.io/library/busybox:no-such-tag"
+    backend.runtime.missing(missing)
+    connectors = _memory_fleet(["aa", "bb"], aa={"image": missing}, bb={"image": missing})
+    result = _memory_pass(backend, settings, plugins, connectors)
+    assert [s.result for s in result.steps] == ["failed", "failed"]
+    assert all(isinstance(s.error, ImageNotFound) for s in result.steps)
+    assert [ref for ref, _ in backend.runtime.pulls].count(missing) == 1

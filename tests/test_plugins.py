@@ -18,7 +18,7 @@ from composer_core.pluginmanager import Plugins
 from tests import fakedist
 
 BUILTINS = {"registry-prefix", "mirrors", "config", "docker-config", "keychain", "containers-auth",
-            "anonymous", "docker", "podman", "swarm", "file", "opencti"}
+            "anonymous", "docker", "podman", "swarm", "kubernetes", "file", "opencti"}
 
 
 def dists(*names: str):

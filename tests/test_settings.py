@@ -124,11 +124,11 @@ def test_unknown_selector_against_installed_runtimes(isolated_env: Path) -> None
 
 
 def test_unknown_selector_fails_at_connect_and_config_check(run_cli, monkeypatch) -> None:
-    monkeypatch.setenv("OPENCTI__DAEMON__SELECTOR", "kubernetes")
+    monkeypatch.setenv("OPENCTI__DAEMON__SELECTOR", "nomad")
     for args in (["config", "check"], ["ps"]):
         code, _, err = run_cli(args)
         assert code == 2, err
-        assert "kubernetes" in err and "docker" in err and "podman" in err
+        assert "nomad" in err and "docker" in err and "podman" in err and "kubernetes" in err
         assert "Traceback" not in err
 
 

@@ -25,7 +25,7 @@ from composer_core.settings import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILTIN_SPECS = {"config", "docker", "keychain", "mirrors", "podman", "opencti", "swarm"}
+BUILTIN_SPECS = {"config", "docker", "keychain", "kubernetes", "mirrors", "podman", "opencti", "swarm"}
 
 
 def vault_plugin(owns: tuple[str, ...] = ("auth.vault",), defaults: dict[str, Any] | None = None):

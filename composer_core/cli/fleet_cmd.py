@@ -49,13 +49,67 @@ def _print_pass(result: Any, dry_run: bool) -> None:
         click.echo(f"warning: {warning}", err=True)
 
 
+def _print_objects(app: Any, connectors: Any, *, dry_run: bool, output: str | None,
+                   offline: bool, show_secrets: bool) -> None:
+    """``apply --dry-run -o yaml`` / ``--offline`` [``--show-secrets``]: the objects a backend
+    that renders its objects (kubernetes) would apply, as YAML documents; nothing is changed."""
+    import yaml
+
+    from composer_core.engine.labels import manager_id
+    from composer_core.engine.select import connect_runtime, selected_name
+    from composer_core.engine.workloads import build_workload
+    from composer_core.errors import UsageError
+    from composer_core.images.resolve import resolve_image
+
+    if show_secrets and not offline:
+        raise UsageError("--show-secrets needs --offline",
+                         hint="secret data is printed only when no cluster is involved")
+    if not offline and (output != "yaml" or not dry_run):
+        raise UsageError("-o yaml needs --dry-run (or --offline)",
+                         hint="apply -f FILE --dry-run -o yaml prints the objects, changes nothing")
+    name = selected_name(app.settings, app.runtime_override)
+    if offline:
+        record = app.plugins.runtime_backends().get(name)
+        render_offline = getattr(getattr(record, "connect", None), "offline", None)
+        if render_offline is None:
+            raise UsageError(f"--offline: runtime {name!r} cannot render its objects without "
+                             "its engine", hint="use --runtime kubernetes")
+        backend = render_offline(app.settings)
+    else:
+        backend = connect_runtime(app.settings, app.plugins, app.runtime_override)
+    try:
+        render = getattr(backend, "render", None)
+        if render is None:
+            raise UsageError(f"-o yaml: runtime {backend.name!r} has no objects to print",
+                             hint="use --runtime kubernetes")
+        manager = manager_id(app.settings)
+        workloads = [build_workload(resolve_image(c.image, app.settings, app.plugins), c.name,
+                                    c.env, manager=manager, connector_id=c.id, state=c.status,
+                                    settings=app.settings, plugins=app.plugins)
+                     for c in connectors]
+        objects = render(workloads, manager, secrets=show_secrets)
+    finally:
+        backend.close()
+    click.echo(yaml.safe_dump_all(objects, sort_keys=False, allow_unicode=True), nl=False)
+
+
 @click.command(name="apply")
 @file_option
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
 @click.option("--stop-timeout", type=click.IntRange(min=0), default=10, show_default=True,
               help="Seconds a container may take to stop.")
 @json_option
-def apply_command(path: str | None, dry_run: bool, stop_timeout: int, as_json: bool) -> None:
+@click.option("-o", "--output", type=click.Choice(["yaml"]), default=None,
+              help="With --dry-run: print the objects the pass would apply (kubernetes), the "
+                   "secret data masked.")
+@click.option("--offline", is_flag=True,
+              help="Print those objects without contacting any cluster (implies --dry-run "
+                   "-o yaml).")
+@click.option("--show-secrets", is_flag=True,
+              help="With --offline: print the secret data (for `kubectl apply -f -`).")
+def apply_command(path: str | None, dry_run: bool, stop_timeout: int, as_json: bool,
+                  output: str | None = None, offline: bool = False,
+                  show_secrets: bool = False) -> None:
     """One reconciliation pass: deploy the missing, replace the changed, start or stop per
     status, remove the managed containers whose connector left the source. Containers without
     this manager's label, or deployed by another source, are never touched. Exits 14 when an
@@ -69,6 +123,13 @@ def apply_command(path: str | None, dry_run: bool, stop_timeout: int, as_json: b
 
     app = get_app()
     source = open_source(app.settings, app.plugins, _options(path))
+    if output or offline or show_secrets:
+        try:  # the whole desired state is known before anything is rendered
+            _print_objects(app, source.desired().connectors, dry_run=dry_run, output=output,
+                           offline=offline, show_secrets=show_secrets)
+        finally:
+            source.close()
+        return
     try:
         state = source.desired()  # the whole desired state is known before any engine call
         backend = connect_runtime(app.settings, app.plugins, app.runtime_override)

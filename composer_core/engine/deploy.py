@@ -275,6 +275,9 @@ class ContainerDeployer:
         self.progress = progress or no_progress
         self.stop_timeout = stop_timeout
         self._pulled: dict[str, PullResult] = {}
+        #: pulls that failed, by reference: the deployments waiting on the same pull fail with its
+        #: error instead of pulling again
+        self._failed: dict[str, RegistryError] = {}
         self._pull_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
 
@@ -295,9 +298,15 @@ class ContainerDeployer:
             if reference in self._pulled:
                 log.debug("%s already pulled by this deployer", reference)
                 return self._pulled[reference]
+            if reference in self._failed:
+                raise self._failed[reference]
             if resolution is None or tls is None:
                 resolution, tls = self._inputs(resolved)
-            result = self._pull_with(resolved, resolution, tls, progress)
+            try:
+                result = self._pull_with(resolved, resolution, tls, progress)
+            except RegistryError as exc:  # recorded before the next waiter gets the lock
+                self._failed[reference] = exc
+                raise
             self._pulled[reference] = result
             return result
 

@@ -235,8 +235,15 @@ class Reconciler:
         result = Pass(steps, self.backend.name)
         result.warnings = restart_loops(observed) + observed_failures(observed)
         checked = self._credential_checks(steps)
-        applying = [] if dry_run else [s for s in steps if s.action in APPLYING]
-        workloads = self._workloads(applying + checked) if applying or checked else {}
+        # a backend holding registry credentials of its own (kubernetes pull Secrets) is given
+        # every connector's workload each pass, so that a rotated credential reaches it
+        sync = None if dry_run else getattr(self.backend, "sync_pull_secrets", None)
+        if sync is not None:
+            wanted = [s for s in steps if s.spec is not None and s.connector]
+        else:
+            wanted = ([] if dry_run else [s for s in steps if s.action in APPLYING]) + checked
+        # the credential chain is asked once per distinct image, for every step that needs it
+        workloads = self._workloads(wanted) if wanted else {}
         for step in checked:
             assert step.container is not None
             workload = workloads.get(id(step))
@@ -258,6 +265,8 @@ class Reconciler:
         for step in steps:
             if step.action == "nothing":
                 step.result = "ok"
+        if sync is not None:
+            self._sync_pull_secrets(sync, workloads, result)
         if not todo:
             return result
         # Orphans' removals first: a connector whose id changed but whose name did not is an
@@ -322,6 +331,14 @@ class Reconciler:
                                               state=step.connector.status,
                                               resolution=resolution, tls=tls)
         return workloads
+
+    def _sync_pull_secrets(self, sync: Any, workloads: dict[int, Workload | ComposerError],
+                           result: Pass) -> None:
+        try:
+            sync([w for w in workloads.values() if isinstance(w, Workload)], self.manager)
+        except Exception as exc:  # noqa: BLE001 - a failed sync must not stop the pass
+            error = as_composer_error(exc)
+            result.warnings.append(f"pull secrets not refreshed: {redact.scrub(error.message)}")
 
     def _execute(self, step: PlannedStep, workloads: dict[int, Workload | ComposerError]) -> None:
         if self.stop_event.is_set():
