@@ -272,5 +272,5 @@ EVENT_WINDOW = 300.0
 
 def has_events(backend: object) -> bool:
     """Whether ``backend`` declares the ``events`` capability and has the method."""
-    capabilities = getattr(backend, "capabilities", frozenset())
+    capabilities: frozenset[str] = getattr(backend, "capabilities", frozenset())
     return "events" in capabilities and callable(getattr(backend, "events", None))

@@ -131,8 +131,10 @@ def event_of(message: Mapping[str, Any]) -> WorkloadEvent | None:
     if message.get("Type", "container") != "container":
         return None
     action = str(message.get("Action") or message.get("status") or "")
-    actor = message.get("Actor") if isinstance(message.get("Actor"), Mapping) else {}
-    attributes = actor.get("Attributes") if isinstance(actor.get("Attributes"), Mapping) else {}
+    found = message.get("Actor")
+    actor: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    found = actor.get("Attributes")
+    attributes: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     connector = attributes.get(LABEL_CONNECTOR)
     # "exec_start: sh -c ...", "health_status: healthy": the word before the colon
     word = action.split(":", 1)[0].strip()
