@@ -381,6 +381,7 @@ class Runner:
             log.log(logging.ERROR if self._outage is None else logging.DEBUG,
                     "pass skipped, nothing changed: %s", redact.scrub(exc.message))
             self._outage = exc.message
+            self.health.failed(redact.scrub(exc.message))
             return None
         if self._outage is not None:
             log.info("%s answers again", self.source.describe())
