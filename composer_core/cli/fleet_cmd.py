@@ -22,8 +22,9 @@ from composer_core.cli.context import get_app
 from composer_core.cli.output import emit_json, emit_table, json_option
 
 log = logging.getLogger("xtm_composer.run")
-#: ``run`` sleeps between passes in slices of at most this (a huge schedule cannot overflow a
-#: wait, and a stop is seen at once), and never longer than MAX_PAUSE in all
+#: :func:`pause` waits in slices of at most this (a huge schedule cannot overflow a wait, and a
+#: stop is seen at once), and never longer than MAX_PAUSE in all (``run``'s loop,
+#: :class:`composer_core.fleet.events.Runner`, wakes on its events and waits 60 s at most too)
 PAUSE_SLICE = 60.0
 MAX_PAUSE = 86400.0
 
