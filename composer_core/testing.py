@@ -8,8 +8,11 @@
   requests), fails a given call or request with a given :class:`ComposerError` on demand
   (:meth:`InMemoryBackend.fail`, :meth:`InMemoryBackend.fail_request`), simulates registries that
   require credentials (:meth:`InMemoryRuntime.require_auth`) and containers restarting in a loop
-  (:meth:`InMemoryBackend.crash_loop`). The fleet's decisions and the deploy's rollback are
-  unit-tested on it.
+  (:meth:`InMemoryBackend.crash_loop`). It has an event stream (capability ``events``: docker's
+  messages for every create, start, stop and remove), containers killed, stopped or removed
+  behind the manager's back (:meth:`InMemoryBackend.out_of_band`) and streams the engine cuts
+  (:meth:`InMemoryRuntime.cut_streams`, an engine restarting). The fleet's decisions and the
+  deploy's rollback are unit-tested on it.
 * :class:`BackendContract`: the suite any backend runs against its real engine. Subclass it in a
   test module and provide two fixtures: ``backend_factory`` (a callable returning a connected
   backend; the fixture closes what it opened) and ``contract_env`` (a :class:`ContractEnv`: the
@@ -39,7 +42,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -56,6 +59,7 @@ from composer_core.errors import (
     ContainerNotFound,
     CredentialsRejected,
     ImageNotFound,
+    RuntimeUnavailable,
 )
 from composer_core.images.reference import ImageRef
 from composer_core.types import (
@@ -67,7 +71,15 @@ from composer_core.types import (
     PullProgress,
     ResolvedImage,
 )
-from composer_core.workload import Applied, Backend, Observed, Workload, WorkloadState
+from composer_core.workload import (
+    Applied,
+    Backend,
+    Observed,
+    Workload,
+    WorkloadEvent,
+    WorkloadState,
+    has_events,
+)
 
 #: the env variable whose lines a workload of the kit prints when it starts (the in-memory engine
 #: runs nothing: a container "prints" this variable's lines when it starts)
@@ -108,6 +120,48 @@ class _Container:
                              started_at=self.started_at)
 
 
+class _MemoryEvents:
+    """One open event stream of :class:`InMemoryRuntime`: its messages from ``since`` on, until
+    ``until``, a :meth:`close`, or :meth:`InMemoryRuntime.cut_streams`."""
+
+    def __init__(self, runtime: InMemoryRuntime, labels: Mapping[str, str], since: float,
+                 until: float) -> None:
+        self._runtime = runtime
+        self._labels = dict(labels)
+        self._since = since
+        self._until = until
+        self._closed = False
+        self._cut = False
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        runtime = self._runtime
+        index = 0
+        with runtime._events_changed:
+            # bounded: each wait ends at the window's end at the latest
+            for _ in range(1_000_000):
+                while index < len(runtime.event_log):
+                    message = runtime.event_log[index]
+                    index += 1
+                    attributes = message["Actor"]["Attributes"]
+                    if message["time"] >= self._since and all(
+                            attributes.get(k) == v for k, v in self._labels.items()):
+                        yield message
+                if self._closed:
+                    return
+                if self._cut:
+                    raise RuntimeUnavailable(f"the event stream of {runtime.endpoint} broke: "
+                                             "the engine closed it")
+                remaining = self._until - time.time()
+                if remaining <= 0:
+                    return
+                runtime._events_changed.wait(min(remaining, 1.0))
+
+    def close(self) -> None:
+        with self._runtime._events_changed:
+            self._closed = True
+            self._runtime._events_changed.notify_all()
+
+
 class InMemoryRuntime:
     """A container-level :class:`~composer_core.types.Runtime` holding its containers in a dict.
 
@@ -133,6 +187,10 @@ class InMemoryRuntime:
         self.journal: list[tuple[str, str]] = []
         self._failures: dict[str, list[ComposerError | None]] = {}
         self._lock = threading.RLock()
+        #: every container event, in docker's format (``Type``, ``Action``, ``id``, ``Actor``)
+        self.event_log: list[dict[str, Any]] = []
+        self._events_changed = threading.Condition(self._lock)
+        self._streams: list[_MemoryEvents] = []
 
     # --- configuring it ---------------------------------------------------------------------
 
@@ -160,6 +218,38 @@ class InMemoryRuntime:
                 error = pending.pop(0)
                 if error is not None:
                     raise error
+
+    def _emit(self, action: str, container: _Container) -> None:
+        with self._events_changed:
+            now = time.time()
+            self.event_log.append({
+                "Type": "container", "Action": action, "status": action, "id": container.id,
+                "Actor": {"ID": container.id,
+                          "Attributes": {**container.labels, "name": container.name,
+                                         "image": container.image}},
+                "time": int(now), "timeNano": int(now * 1e9)})
+            self._events_changed.notify_all()
+
+    def cut_streams(self) -> int:
+        """Every open event stream breaks (RuntimeUnavailable), as when the engine restarts;
+        how many were open."""
+        with self._events_changed:
+            open_ = [s for s in self._streams if not s._closed]
+            for stream in open_:
+                stream._cut = True
+            self._streams = []
+            self._events_changed.notify_all()
+            return len(open_)
+
+    def events(self, labels: Mapping[str, str], since: int | None,
+               until: int) -> _MemoryEvents:
+        """The event stream (one request ``events``): messages of containers carrying
+        ``labels`` from ``since`` on, until ``until`` (seconds since the epoch)."""
+        with self._lock:
+            self._request("events")
+            stream = _MemoryEvents(self, labels, time.time() if since is None else since, until)
+            self._streams.append(stream)
+            return stream
 
     def _find(self, name_or_id: str) -> _Container | None:
         found = self.containers.get(name_or_id)
@@ -206,6 +296,7 @@ class InMemoryRuntime:
                                    env=dict(spec.env), labels=dict(spec.labels),
                                    command=spec.command, restart_policy=spec.restart_policy)
             self.containers[container.id] = container
+            self._emit("create", container)
             return container.info()
 
     def start(self, name: str) -> None:
@@ -221,6 +312,7 @@ class InMemoryRuntime:
                 text = container.env.get(OUTPUT_VARIABLE)
                 if text is not None:
                     container.output.extend(text.splitlines())
+                self._emit("start", container)
 
     def stop(self, name: str, timeout: int = 10) -> None:
         with self._lock:
@@ -228,6 +320,9 @@ class InMemoryRuntime:
             container = self._get(name)
             if container.status in ("running", "restarting"):
                 container.status = "exited"
+                self._emit("kill", container)
+                self._emit("die", container)
+                self._emit("stop", container)
 
     def remove(self, name: str, *, force: bool = False) -> None:
         with self._lock:
@@ -235,7 +330,11 @@ class InMemoryRuntime:
             container = self._get(name)
             if container.status in ("running", "restarting") and not force:
                 raise ContainerError(f"cannot remove running container {name!r}: stop it first")
+            if container.status in ("running", "restarting"):
+                self._emit("kill", container)
+                self._emit("die", container)
             del self.containers[container.id]
+            self._emit("destroy", container)
 
     def rename(self, name: str, new_name: str) -> None:
         with self._lock:
@@ -345,6 +444,26 @@ class InMemoryBackend(ContainerBackend):
                                    status="running", started_at=_now())
             runtime.containers[container.id] = container
             return container.id
+
+    def out_of_band(self, how: str, name: str) -> None:
+        """What an operator does behind the manager's back (no request of ours is counted):
+        ``kill`` (the container exits, as ``docker kill`` with a policy that does not restart
+        it), ``stop`` or ``remove`` (``docker rm -f``); the engine's events are emitted."""
+        runtime = self.runtime
+        with runtime._lock:
+            container = runtime._get(name)
+            running = container.status in ("running", "restarting")
+            if running:
+                container.status = "exited"
+                runtime._emit("kill", container)
+                runtime._emit("die", container)
+            if how == "stop" and running:
+                runtime._emit("stop", container)
+            elif how == "remove":
+                del runtime.containers[container.id]
+                runtime._emit("destroy", container)
+            elif how not in ("kill", "stop"):
+                raise ValueError(f"unknown out-of-band action {how!r}")
 
     def crash_loop(self, name: str, restarts: int) -> None:
         """The engine restarts ``name`` in a loop: ``restarts`` restarts, the last one now."""
@@ -567,3 +686,33 @@ class BackendContract:
         assert error.exit_code == 7
         assert f"provider {wrong.source!r}" in error.message
         assert wrong_password not in error.message and wrong_password not in (error.hint or "")
+
+    def test_events_report_what_happens_to_managed_workloads(
+            self, backend_factory: Callable[[], Backend], contract_env: ContractEnv) -> None:
+        """Capability ``events``: a declaring backend streams the events of its managed
+        workloads (never an unmanaged one's) and its stream closes from another thread at once;
+        a backend without the capability does not offer the call under it."""
+        backend = backend_factory()
+        if "events" not in backend.capabilities:
+            assert not has_events(backend)
+            return
+        assert has_events(backend)
+        stream = backend.events({LABEL_MANAGER: contract_env.manager})  # type: ignore[attr-defined]
+        seen: list[WorkloadEvent] = []
+        reader = threading.Thread(target=lambda: seen.extend(stream), daemon=True)
+        reader.start()
+        try:
+            unmanaged = f"xtm-contract-unmanaged-{secrets.token_hex(4)}"
+            contract_env.make_unmanaged(unmanaged)
+            workload, _ = self._created(backend, contract_env)
+            backend.remove(self._one(backend, contract_env, workload))
+            wait_for(lambda: any(e.name == workload.name and e.kind == "removed" for e in seen),
+                     contract_env.timeout, f"the removal of {workload.name} streamed")
+        finally:
+            stream.close()
+            reader.join(10)
+        assert not reader.is_alive(), "the event stream did not end on close()"
+        ours = [e for e in seen if e.name == workload.name]
+        assert {e.connector_id for e in ours} == {workload.connector_id}
+        assert {"created", "started"} <= {e.kind for e in ours}
+        assert unmanaged not in {e.name for e in seen}

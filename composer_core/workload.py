@@ -34,7 +34,7 @@ Nothing here carries a secret in a ``repr``, a ``str`` or :meth:`Observed.to_dic
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -53,6 +53,13 @@ WorkloadState = Literal["started", "stopped"]
 ObservedState = Literal["started", "stopped", "restarting", "pending", "failed"]
 #: what :meth:`Backend.apply` did
 ApplyAction = Literal["created", "updated", "replaced", "started", "stopped", "unchanged"]
+#: what happened to a workload, as an event stream reports it (:meth:`Backend.events`): the
+#: engine's own word is in :attr:`WorkloadEvent.action`
+EventKind = Literal["died", "killed", "stopped", "removed", "paused", "failed", "started",
+                    "created", "other"]
+#: the kinds that may leave a workload unlike its desired state: ``run`` reconciles on them
+DISRUPTIVE_KINDS: frozenset[str] = frozenset({"died", "killed", "stopped", "removed", "paused",
+                                              "failed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +161,39 @@ class Applied:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class WorkloadEvent:
+    """One event of an event stream (:meth:`Backend.events`): what happened (``kind``, and the
+    engine's own ``action``: ``die``, ``destroy``, ``died``, ``remove``...) to which workload
+    (``name``, ``id``, and the connector id its label carries: ``None`` when it carries none) and
+    when (``time``: the engine's clock, seconds since the epoch; what ``since`` takes to replay
+    from there). Never a secret: no env, no image reference."""
+
+    name: str
+    connector_id: str | None
+    kind: EventKind
+    action: str = ""
+    id: str = ""
+    time: float = 0.0
+
+
+class EventStream(Protocol):
+    """An open event stream: iterate it for :class:`WorkloadEvent` s. The iteration ends
+    normally when the stream's window is over (the engine closes it; the caller opens the next
+    one with ``since`` = :attr:`until`) or when :meth:`close` was called, from any thread; it
+    raises :class:`~composer_core.errors.RuntimeUnavailable` when the stream breaks (the engine
+    went away): the caller reconnects, and events may have been lost."""
+
+    #: the engine time this stream ends at (the next one's ``since``)
+    until: float
+
+    def __iter__(self) -> Iterator[WorkloadEvent]: ...
+
+    def close(self) -> None:
+        """End the iteration (from any thread, at once); idempotent."""
+        ...
+
+
 class Backend(Protocol):
     """A connected backend: a container engine or an orchestrator.
 
@@ -161,7 +201,8 @@ class Backend(Protocol):
     connected, never with credentials (the fleet's pass lock is keyed by it). ``capabilities``:
     optional abilities the core may use: ``pull`` (a single-host ``pull`` command: the backend
     exposes its container-level :class:`~composer_core.types.Runtime` as ``runtime``),
-    ``replicas``, ``digest-pinning``, ``stored-credentials`` (below), later ``events``.
+    ``replicas``, ``digest-pinning``, ``stored-credentials`` (below), ``events`` (the backend
+    has :meth:`events`; a backend without it is reconciled by passes only).
 
     ``stored-credentials`` (optional; swarm declares it, docker, podman and the in-memory backend
     do not): the orchestrator STORES the pull credential it was given with the workload and
@@ -226,3 +267,24 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release the connection; the backend is not used afterwards."""
         ...
+
+    # Optional, capability ``events`` (not part of the protocol a backend must implement):
+    #
+    # def events(self, labels: Mapping[str, str], since: float | None = None,
+    #            window: float = EVENT_WINDOW) -> EventStream:
+    #     """The events of the workloads carrying all ``labels``, from ``since`` (engine time,
+    #     seconds; ``None``: from now) for ``window`` seconds at most: an :class:`EventStream`.
+    #     ONE request, held open for the window (the engine ends it then): a steady fleet costs
+    #     one request per window. Only events of labelled workloads are reported, each once
+    #     (replayed from ``since`` on a new stream). Raises RuntimeUnavailable when the engine
+    #     does not answer."""
+
+
+#: how long one event stream stays open before the next one is asked (seconds)
+EVENT_WINDOW = 300.0
+
+
+def has_events(backend: object) -> bool:
+    """Whether ``backend`` declares the ``events`` capability and has the method."""
+    capabilities: frozenset[str] = getattr(backend, "capabilities", frozenset())
+    return "events" in capabilities and callable(getattr(backend, "events", None))

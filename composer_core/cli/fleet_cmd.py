@@ -22,8 +22,9 @@ from composer_core.cli.context import get_app
 from composer_core.cli.output import emit_json, emit_table, json_option
 
 log = logging.getLogger("xtm_composer.run")
-#: ``run`` sleeps between passes in slices of at most this (a huge schedule cannot overflow a
-#: wait, and a stop is seen at once), and never longer than MAX_PAUSE in all
+#: :func:`pause` waits in slices of at most this (a huge schedule cannot overflow a wait, and a
+#: stop is seen at once), and never longer than MAX_PAUSE in all (``run``'s loop,
+#: :class:`composer_core.fleet.events.Runner`, wakes on its events and waits 60 s at most too)
 PAUSE_SLICE = 60.0
 MAX_PAUSE = 86400.0
 
@@ -180,71 +181,48 @@ def pause(stop: threading.Event, seconds: float) -> None:
 @click.option("--stop-timeout", type=click.IntRange(min=0), default=10, show_default=True,
               help="Seconds a container may take to stop.")
 def run_command(path: str | None, stop_timeout: int) -> None:
-    """Repeat `apply` every manager.execute_schedule seconds, re-reading FILE when it changes
-    (or asking the source manager.source names). SIGTERM or SIGINT: the current actions finish,
-    then it exits cleanly. Engine, registry or platform outages are logged once and retried at
-    the next cycle; a pass whose source cannot answer changes nothing."""
+    """Keep the fleet aligned: follow the backend's event stream and reconcile a connector
+    killed, stopped or removed out of band at once; a full pass every manager.execute_schedule
+    seconds and as soon as FILE changes (or the source manager.source names answers otherwise).
+    With manager.metrics.enable: /metrics and /healthz on manager.metrics.host:port. SIGTERM or
+    SIGINT: the current actions finish, then it exits cleanly. Engine, registry or platform
+    outages are logged once and retried; a pass whose source cannot answer changes nothing."""
     from composer_core.engine.labels import manager_id
     from composer_core.engine.select import connect_runtime
-    from composer_core.errors import ComposerError
+    from composer_core.fleet.events import Runner
     from composer_core.fleet.lock import PassLock
-    from composer_core.fleet.sources import SourceUnavailable, open_source, run_source_pass
+    from composer_core.fleet.sources import open_source
+    from composer_core.metrics import HEALTH_SCHEDULES, Health, open_metrics
 
     app = get_app()
     source = open_source(app.settings, app.plugins, _options(path))  # invalid at start: exit 2
     schedule = float(app.settings.get("manager.execute_schedule"))
     stop = threading.Event()
+    try:
+        health = Health(HEALTH_SCHEDULES * schedule)
+        metrics, server = open_metrics(app.settings, health)
+    except BaseException:
+        source.close()
+        raise
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("received %s: finishing the current actions, then stopping",
                  signal.Signals(signum).name)
         stop.set()
 
+    def lock(endpoint: str) -> PassLock:
+        # held for one pass only: an operator's apply goes between two passes
+        return PassLock(manager_id(app.settings), endpoint, stop_event=stop)
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    backend = None
-    outage: str | None = None
-    log.info("run: %s, a pass every %gs", source.describe(), schedule)
+    log.info("run: %s, a pass every %gs, and on events", source.describe(), schedule)
     try:
-        while not stop.is_set():
-            try:
-                state = source.desired()
-            except SourceUnavailable as exc:
-                # logged once per outage, not every pass
-                log.log(logging.ERROR if outage is None else logging.DEBUG,
-                        "pass skipped, nothing changed: %s", redact.scrub(exc.message))
-                outage = exc.message
-                pause(stop, schedule)
-                continue
-            if outage is not None:
-                log.info("%s answers again", source.describe())
-                outage = None
-            try:
-                if backend is None:
-                    backend = connect_runtime(app.settings, app.plugins, app.runtime_override)
-                # the lock is held for one pass only: an operator's apply goes between two passes
-                with PassLock(manager_id(app.settings), backend.endpoint,
-                              stop_event=stop) as lock:
-                    result = run_source_pass(backend, app.settings, app.plugins, source,
-                                             state=state, stop_event=stop,
-                                             stop_timeout=stop_timeout,
-                                             start_failures=lock.start_failures)
-                changed = [s for s in result.steps if s.action != "nothing"]
-                log.info("pass done: %d actions, %d failed", len(changed), len(result.failed))
-            except Exception as exc:  # noqa: BLE001 - run never dies of an outage or a plugin bug
-                if stop.is_set():
-                    break
-                message = exc.message if isinstance(exc, ComposerError) else f"{type(exc).__name__}: {exc}"
-                log.error("pass failed, retrying in %gs: %s", schedule, redact.scrub(message))
-                if backend is not None:
-                    try:
-                        backend.close()
-                    except Exception:  # noqa: BLE001
-                        pass
-                    backend = None
-            pause(stop, schedule)
+        Runner(source, lambda: connect_runtime(app.settings, app.plugins, app.runtime_override),
+               app.settings, app.plugins, stop, lock=lock, stop_timeout=stop_timeout,
+               metrics=metrics, health=health).run()
     finally:
-        if backend is not None:
-            backend.close()
+        if server is not None:
+            server.close()
         source.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -19,20 +19,38 @@ deploy flow of :mod:`composer_core.engine.deploy`:
   :meth:`~ContainerBackend.logs` act on the container by id.
 
 ``runtime`` stays reachable (capability ``pull``): the single-host ``pull`` command and tests use it.
+
+Capability ``events`` when the runtime has an ``events(labels, since, until)`` call (docker and
+podman: their ``/events``, filtered by label and type container): :meth:`ContainerBackend.events`
+turns the engine's messages into :class:`~composer_core.workload.WorkloadEvent` s
+(:class:`ContainerEvents`).
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
+from typing import Any, Protocol
 
 from composer_core.engine.deploy import ContainerDeployer
-from composer_core.engine.labels import LABEL_MANAGER
-from composer_core.errors import ComposerError, RegistryError, UsageError
+from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_MANAGER
+from composer_core.errors import ComposerError, RegistryError, RuntimeUnavailable, UsageError
 from composer_core.timestamps import seconds_since
 from composer_core.types import ContainerInfo, ContainerSpec, PullProgress, Runtime
-from composer_core.workload import Applied, Backend, Observed, ObservedState, Workload, WorkloadState
+from composer_core.workload import (
+    EVENT_WINDOW,
+    Applied,
+    Backend,
+    EventKind,
+    Observed,
+    ObservedState,
+    Workload,
+    WorkloadEvent,
+    WorkloadState,
+)
 
 #: a container listed this many restarts, or as restarting, is inspected for its restart count
 LOOP_RESTARTS = 3
@@ -87,6 +105,88 @@ def may_be_restarting(info: ContainerInfo) -> bool:
     return uptime is None or uptime < LOOP_UPTIME_SECONDS
 
 
+#: docker's and podman's container event actions, as event kinds
+EVENT_KINDS: dict[str, EventKind] = {
+    "die": "died", "died": "died", "oom": "died", "kill": "killed", "stop": "stopped",
+    "destroy": "removed", "remove": "removed", "pause": "paused", "start": "started",
+    "restart": "started", "create": "created",
+}
+#: a stream that ends this long before its window does was cut, not ended by the engine
+EARLY_END_SECONDS = 2.0
+
+
+class RawEvents(Protocol):
+    """What a runtime's ``events`` call returns: the engine's decoded messages (docker's
+    format: ``Type``, ``Action``, ``id``, ``Actor.Attributes``, ``time``), closable from any
+    thread."""
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]: ...
+    def close(self) -> None: ...
+
+
+def event_of(message: Mapping[str, Any]) -> WorkloadEvent | None:
+    """A container message of docker's or podman's ``/events`` as a workload event (``None``
+    for another type). Its attributes are the container's labels plus ``name`` and ``image``:
+    only the name and the connector label are kept."""
+    if message.get("Type", "container") != "container":
+        return None
+    action = str(message.get("Action") or message.get("status") or "")
+    found = message.get("Actor")
+    actor: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    found = actor.get("Attributes")
+    attributes: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+    connector = attributes.get(LABEL_CONNECTOR)
+    # "exec_start: sh -c ...", "health_status: healthy": the word before the colon
+    word = action.split(":", 1)[0].strip()
+    stamp = message.get("timeNano")
+    when = int(stamp) / 1e9 if isinstance(stamp, int) else float(message.get("time") or 0)
+    return WorkloadEvent(name=str(attributes.get("name") or ""),
+                         connector_id=str(connector) if connector else None,
+                         kind=EVENT_KINDS.get(word, "other"), action=word,
+                         id=str(message.get("id") or actor.get("ID") or ""), time=when)
+
+
+class ContainerEvents:
+    """An :class:`~composer_core.workload.EventStream` over a runtime's raw events: ends at its
+    window (``until``) or on :meth:`close`; a stream the engine cut before its window raises
+    RuntimeUnavailable, as a transport error does."""
+
+    def __init__(self, raw: RawEvents, *, until: float, endpoint: str,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.until = until
+        self._raw = raw
+        self._endpoint = endpoint
+        self._clock = clock
+        self._closed = threading.Event()
+
+    def __iter__(self) -> Iterator[WorkloadEvent]:
+        messages: Iterable[Mapping[str, Any]] = self._raw
+        try:
+            for message in messages:
+                if self._closed.is_set():
+                    return
+                if isinstance(message, Mapping):
+                    event = event_of(message)
+                    if event is not None:
+                        yield event
+        except RuntimeUnavailable:
+            if self._closed.is_set():
+                return
+            raise
+        if not self._closed.is_set() and self._clock() < self.until - EARLY_END_SECONDS:
+            raise RuntimeUnavailable(f"the event stream of {self._endpoint} ended before its "
+                                     "window: the engine went away or restarted")
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        try:
+            self._raw.close()
+        except Exception:  # noqa: BLE001 - closing a dead stream is no error
+            pass
+
+
 class ContainerBackend:
     """:class:`~composer_core.workload.Backend` over one connected container-level ``runtime``.
 
@@ -97,6 +197,8 @@ class ContainerBackend:
 
     def __init__(self, runtime: Runtime, *, stop_timeout: int = 10) -> None:
         self.runtime = runtime
+        if callable(getattr(runtime, "events", None)):
+            self.capabilities = self.capabilities | {"events"}
         self.name = runtime.name
         self.endpoint = runtime.endpoint
         self.stop_timeout = stop_timeout
@@ -175,6 +277,21 @@ class ContainerBackend:
 
     def logs(self, current: Observed, tail: int) -> str:
         return self.runtime.logs(current.id, tail=tail)
+
+    def events(self, labels: Mapping[str, str], since: float | None = None,
+               window: float = EVENT_WINDOW) -> ContainerEvents:
+        """The container events of the workloads carrying ``labels`` (capability ``events``),
+        from ``since`` (whole seconds: a replay may repeat the events of its first second) until
+        ``window`` seconds from now (``since`` None: from now). ONE request, held open."""
+        opener = getattr(self.runtime, "events", None)
+        if opener is None:
+            raise UsageError(f"{self.name} has no event stream",
+                             hint="it is reconciled by passes only")
+        until = math.ceil(time.time() + window)
+        # always a start: without one, docker and podman replay their whole history
+        start = math.floor(time.time() if since is None else since)
+        raw = opener(dict(labels), start, until)
+        return ContainerEvents(raw, until=until, endpoint=self.endpoint)
 
     def close(self) -> None:
         self.runtime.close()

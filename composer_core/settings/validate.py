@@ -102,6 +102,10 @@ def _core(settings: Settings, p: Problems, *, providers: Iterable[str] | None,
                  minimum=0, above_minimum=True, maximum=DAY)
     check_number(s, p, "manager.max_parallel", what="a whole number of at least 1", minimum=1,
                  maximum=MAX_PARALLEL, whole=True)
+    check_bool(s, p, "manager.metrics.enable")
+    check_text(s, p, "manager.metrics.host", what="a host name or address")
+    check_number(s, p, "manager.metrics.port", what="a port number (1 to 65535)", minimum=1,
+                 maximum=65535, whole=True)
     check_bool(s, p, "plugins.strict")
 
     selector = check_text(s, p, "opencti.daemon.selector", what="auto, docker or podman")

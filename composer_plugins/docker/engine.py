@@ -114,6 +114,26 @@ def _info(data: Mapping[str, Any], fallback_name: str = "") -> ContainerInfo:
                          else None)
 
 
+class DockerEvents:
+    """Docker's ``/events`` stream (the SDK's cancellable stream): decoded messages; a transport
+    error is RuntimeUnavailable; :meth:`close` (any thread) shuts its socket down."""
+
+    def __init__(self, stream: Any, endpoint: str) -> None:
+        self._stream = stream
+        self._endpoint = endpoint
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        try:
+            yield from self._stream
+        except TRANSPORT_ERRORS as exc:
+            raise RuntimeUnavailable(f"the event stream of Docker at {self._endpoint} broke: "
+                                     f"{reason_of(exc)}") from None
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+
 class DockerRuntime:
     """A connected Docker Engine."""
 
@@ -249,3 +269,12 @@ class DockerRuntime:
             raw = self.api.logs(name, stdout=True, stderr=True,
                                 tail="all" if tail is None else tail)
         return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+    def events(self, labels: Mapping[str, str], since: int | None, until: int) -> DockerEvents:
+        """The container events of containers carrying ``labels``, from ``since`` to ``until``
+        (seconds since the epoch): one request, held open; the daemon ends it at ``until``."""
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()], "type": ["container"]}
+        with self._calls("opening the event stream"):
+            stream = self.api.events(since=since, until=until, filters=filters, decode=True)
+        return DockerEvents(stream, self.endpoint)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
@@ -93,6 +94,53 @@ def _info(data: Mapping[str, Any], fallback_name: str = "") -> ContainerInfo:
                          image=str(data.get("Image") or ""), status=_status(state),
                          labels=dict(data.get("Labels") or {}), restart_count=0,
                          started_at=started_iso, restarted_after=restarted_after)
+
+
+def _shutdown(response: Any) -> None:
+    """Shut the socket of a streamed response down, so that a read blocked on it in another
+    thread returns at once (closing the response alone does not wake it)."""
+    fp = getattr(getattr(getattr(response, "raw", None), "_fp", None), "fp", None)
+    raw = getattr(fp, "raw", None)
+    sock = getattr(raw, "_sock", None) or getattr(raw, "sock", None) or getattr(fp, "_sock", None)
+    if isinstance(sock, socket.socket):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    response.close()
+
+
+class PodmanEvents:
+    """Podman's ``/events`` stream: decoded messages (docker's format); a transport error is
+    RuntimeUnavailable; :meth:`close` (any thread) shuts its socket down."""
+
+    def __init__(self, response: Any, endpoint: str) -> None:
+        self._response = response
+        self._endpoint = endpoint
+        self._closed = False
+
+    def __iter__(self) -> Iterator[Mapping[str, Any]]:
+        try:
+            for line in self._response.iter_lines():
+                if not line:
+                    continue
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(message, Mapping):
+                    yield message
+        except (requests.RequestException, OSError, ValueError) as exc:
+            if self._closed:
+                return
+            raise RuntimeUnavailable(f"the event stream of Podman at {self._endpoint} broke: "
+                                     f"{reason_of(exc)}") from None
+        finally:
+            self._response.close()
+
+    def close(self) -> None:
+        self._closed = True
+        _shutdown(self._response)
 
 
 class PodmanRuntime:
@@ -239,3 +287,17 @@ class PodmanRuntime:
         response = self._call("get", f"/containers/{name}/logs", f"reading the logs of {name!r}",
                               name, params=params)
         return _demux(response.content).decode("utf-8", "replace")
+
+    def events(self, labels: Mapping[str, str], since: int | None, until: int) -> PodmanEvents:
+        """The container events of containers carrying ``labels``, from ``since`` to ``until``
+        (seconds since the epoch): one request, held open; the service ends it at ``until``
+        (reads wait that long at most, and a little more)."""
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()], "type": ["container"]}
+        params: dict[str, Any] = {"stream": "true", "filters": json.dumps(filters),
+                                  "until": str(until)}
+        if since is not None:
+            params["since"] = str(since)
+        read = max(until - datetime.now(UTC).timestamp(), 0) + CALL_TIMEOUT
+        response = self._call("get", "/events", "opening the event stream", params=params,
+                              stream=True, timeout=(PING_TIMEOUT, read))
+        return PodmanEvents(response, self.endpoint)
