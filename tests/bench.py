@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 DEFAULT_DIR = "/tmp/xtm-bench"
 START_HINT = "start it with: sudo scripts/bench-services up"
@@ -173,3 +176,22 @@ def require_swarm() -> SwarmBench:
     if os.environ.get("CI") == "true":
         pytest.fail(msg, pytrace=False)
     pytest.skip(msg)
+
+
+@contextmanager
+def api_clients() -> Iterator[Callable[[str], Any]]:
+    """``make(host)``: docker-py's low-level client for a bench socket (the swarm's nodes); every
+    client made is closed on exit. It sends no credential unless a test gives one."""
+    import docker
+
+    clients: list[Any] = []
+
+    def make(host: str) -> Any:
+        clients.append(docker.APIClient(base_url=host, version="auto", timeout=60))
+        return clients[-1]
+
+    try:
+        yield make
+    finally:
+        for client in clients:
+            client.close()

@@ -52,7 +52,7 @@ from composer_plugins.swarm.manager import refuse_non_manager
 from composer_plugins.swarm.options import SwarmOptions
 from composer_plugins.swarm.tasks import LABEL_CREDENTIAL_ID, LABEL_FAILED, task_failure
 from composer_plugins.swarm.watch import TaskWatcher
-from tests.bench import SwarmBench, require_swarm
+from tests.bench import SwarmBench, api_clients, require_swarm
 from tests.conftest import assert_no_secrets
 from tests.engine_helpers import QUICK_STOP, unique
 from tests.keychain_helpers import SYSTEM_PATH, PassStore
@@ -276,17 +276,8 @@ def swarm() -> SwarmBench:
 @pytest.fixture
 def raw(swarm: SwarmBench) -> Iterator[Callable[[str], Any]]:
     """``raw(host)``: the SDK's low-level client (the test HOME has no config.json: no credential)."""
-    import docker
-
-    clients: list[Any] = []
-
-    def make(host: str) -> Any:
-        clients.append(docker.APIClient(base_url=host, version="auto", timeout=60))
-        return clients[-1]
-
-    yield make
-    for client in clients:
-        client.close()
+    with api_clients() as make:
+        yield make
 
 
 @pytest.fixture

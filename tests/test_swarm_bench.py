@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.bench import Bench, SwarmBench, load_bench, require_swarm
+from tests.bench import Bench, SwarmBench, api_clients, load_bench, require_swarm
 from tests.engine_helpers import QUICK_STOP, unique
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,18 +96,9 @@ def swarm() -> SwarmBench:
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
     """``api(host)``: a low-level client that knows no credential (an empty DOCKER_CONFIG)."""
-    import docker
-
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
-    clients: list[Any] = []
-
-    def make(host: str) -> Any:
-        clients.append(docker.APIClient(base_url=host, version="auto", timeout=60))
-        return clients[-1]
-
-    yield make
-    for client in clients:
-        client.close()
+    with api_clients() as make:
+        yield make
 
 
 @pytest.fixture
