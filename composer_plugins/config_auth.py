@@ -6,7 +6,8 @@ Reads the registry block of the settings (parsed once by
 ``opencti.daemon.registry.{server, username, password, email}``) plus ``password_file`` (read at
 lookup: Docker and Kubernetes secrets), and the list form
 ``opencti.daemon.docker.registries: [{url, username, password|password_file, insecure}]``.
-This plugin owns those keys: it declares their defaults and validates them.
+The core owns those keys (their defaults and validation): the ``registry-prefix`` resolver and the
+TLS policy read them too, with or without this plugin.
 
 Scoped: an entry answers only for images whose registry is its url's host[:port]. (XTM Composer
 sends its configured credentials with every pull, Docker Hub included; we never do.)
@@ -17,15 +18,7 @@ from __future__ import annotations
 from composer_core import hookimpl
 from composer_core.auth.registries import canonical_host
 from composer_core.files import LIMIT_SECRET_FILE, FileReadError, read_text
-from composer_core.settings import SettingsSpec
-from composer_core.settings.registry import (
-    LIST,
-    MASTER,
-    SINGLE,
-    RegistryEntry,
-    registry_settings,
-    validate_registries,
-)
+from composer_core.settings.registry import LIST, SINGLE, RegistryEntry, registry_settings
 from composer_core.types import (
     CredentialProvider,
     CredentialRequest,
@@ -77,20 +70,6 @@ def lookup(request: CredentialRequest) -> LookupResult:
     where = f"password from {entry.password_file}" if creds.file else f"from {entry.origin}"
     return Found(creds, f"{entry.key} (url {entry.url}) matches {registry}, user "
                         f"{entry.username!r}, {where}")
-
-
-@hookimpl
-def composer_settings() -> SettingsSpec:
-    return SettingsSpec(
-        name=NAME, validator=validate_registries, owns=(SINGLE, LIST, MASTER),
-        defaults={"opencti": {"daemon": {"docker": {
-            # XTM Composer's single private registry block
-            "registry": {"url": None, "username": None, "password": None,
-                         "password_file": None,  # read at lookup: Docker/Kubernetes secrets
-                         "email": None, "insecure": False},
-            # several private registries: [{url, username, password|password_file, insecure}]
-            "registries": [],
-        }}}})
 
 
 @hookimpl

@@ -69,7 +69,8 @@ def test_builtins_are_entry_points_of_our_distribution(plugins: Plugins) -> None
     for record in records.values():
         assert record.distribution == "xtm-composer"
         assert record.status == "active", record.reason
-    assert records["config"].hooks == ["composer_credential_providers", "composer_settings"]
+    assert records["config"].hooks == ["composer_credential_providers"]  # its keys are the core's
+    assert records["keychain"].hooks == ["composer_credential_providers", "composer_settings"]
     assert records["registry-prefix"].hooks == ["composer_image_resolvers"]
     assert set(plugins.credential_providers()) == {"config", "docker-config", "keychain",
                                                    "containers-auth", "anonymous"}
@@ -751,8 +752,8 @@ def test_the_plugins_table_lists_each_contribution_once(run_cli) -> None:
     code, out, _ = run_cli(["plugins"])
     assert code == 0
     rows = {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
-    # config contributes a provider and a settings spec, both named config: one PROVIDES entry
-    assert re.search(r"credential_providers, settings\s+config\s+active", rows["config"]), rows["config"]
+    # keychain contributes a provider and a settings spec, both named keychain: one PROVIDES entry
+    assert re.search(r"credential_providers, settings\s+keychain\s+active", rows["keychain"]), rows["keychain"]
 
 
 def test_sources_are_contributions_attributed_to_their_plugin(plugins: Plugins) -> None:

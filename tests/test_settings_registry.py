@@ -60,7 +60,7 @@ def test_both_blocks_differing_is_a_clear_error(run_cli, monkeypatch: pytest.Mon
     code, out, err = run_cli(["config", "check"])
     assert code == 2
     assert "opencti.daemon.registry (from environment variable OPENCTI__DAEMON__REGISTRY__" in err
-    assert "plugin 'config'" in err and "keep one of them" in err
+    assert "plugin 'config'" not in err and "keep one of them" in err  # a core key
     assert SECRET not in out + err and "another-Secret-99" not in out + err
 
 
@@ -99,11 +99,27 @@ def test_the_block_is_parsed_once_per_settings(make_settings) -> None:
 
 def test_an_invalid_block_is_refused_even_when_the_config_plugin_is_disabled(isolated_env: Path) -> None:
     environ = {"PLUGINS__DISABLED": "config", "OPENCTI__DAEMON__DOCKER__REGISTRY__URL": "https://r.io/v2/path"}
-    s = load_settings(environ=environ, cwd=isolated_env)  # nobody validates the config plugin's keys
+    # the block is the core's: validated at load with or without the config provider
+    with pytest.raises(SettingsError, match=r"opencti.daemon.docker.registry.url .*path"):
+        load_settings(environ=environ, cwd=isolated_env)
+    s = load_settings(environ=environ, cwd=isolated_env, validate=False)
     with pytest.raises(SettingsError, match=r"opencti.daemon.docker.registry.url .*path"):
         registry_prefix.prefix_registry("alpine:3", s)
     with pytest.raises(SettingsError):
         tls_decision(s, "r.io")
+
+
+def test_the_block_is_used_not_unused_with_the_config_plugin_disabled(run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    # registry-prefix and the TLS policy read it: `config check` must not call it unused
+    monkeypatch.setenv("PLUGINS__DISABLED", "config")
+    monkeypatch.setenv("AUTH__CHAIN", "[docker-config, anonymous]")
+    monkeypatch.setenv("OPENCTI__DAEMON__DOCKER__REGISTRY__URL", "localhost:5000")
+    monkeypatch.setenv("OPENCTI__DAEMON__DOCKER__REGISTRY__INSECURE", "true")
+    code, out, err = run_cli(["config", "check"])
+    assert code == 0, err
+    assert "settings are valid" in out and "unused" not in out + err
+    code, out, err = run_cli(["image", "resolve", "connector-misp:5.0.0"])
+    assert code == 0 and out.startswith("localhost:5000/connector-misp:5.0.0"), out + err
 
 
 # --- password_file (issue 13 items 3, 4) ---------------------------------------------------------

@@ -25,7 +25,7 @@ from composer_core.settings import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILTIN_SPECS = {"config", "docker", "keychain", "kubernetes", "mirrors", "podman", "opencti", "swarm"}
+BUILTIN_SPECS = {"docker", "keychain", "kubernetes", "mirrors", "podman", "opencti", "swarm"}
 
 
 def vault_plugin(owns: tuple[str, ...] = ("auth.vault",), defaults: dict[str, Any] | None = None):
@@ -55,14 +55,16 @@ def test_builtin_plugins_declare_their_settings(plugins: Plugins) -> None:
     specs = plugins.settings_specs()
     assert set(specs) == BUILTIN_SPECS
     assert specs["keychain"].owns_key("auth.helper_timeout")
-    assert specs["config"].owns_key("opencti.daemon.docker.registries")
-    assert specs["config"].owns_key("opencti.daemon.registry")
+    assert "config" not in specs  # the registry block is the core's: registry-prefix and TLS read it too
     assert specs["opencti"].owns_key("opencti.token") and specs["opencti"].owns_key("manager.credentials_key")
 
 
 def test_core_defaults_hold_only_core_keys() -> None:
     core = embedded_defaults()
-    assert "helper_timeout" not in core["auth"] and "docker" not in core["opencti"]["daemon"]
+    assert "helper_timeout" not in core["auth"]
+    # of the docker section, only the registry block (read by the config provider, registry-prefix
+    # and the TLS policy alike) is the core's; the engine's keys are the docker plugin's
+    assert set(core["opencti"]["daemon"]["docker"]) == {"registry", "registries"}
 
 
 def test_a_plugin_s_defaults_are_a_layer_after_the_embedded_ones(plugins: Plugins, isolated_env: Path) -> None:

@@ -36,6 +36,7 @@ from composer_core import redact
 from composer_core.errors import SettingsError
 from composer_core.files import LIMIT_SETTINGS
 from composer_core.settings.model import SECTIONS, Settings, UnknownKey, describe
+from composer_core.settings.registry import LIST, MASTER, SINGLE
 from composer_core.settings.spec import SettingsSpec
 from composer_core.yamlfile import MAX_DEPTH, YamlFileError, parse_yaml, printable_key, read_yaml
 
@@ -47,6 +48,9 @@ STRING_KEYS = frozenset({"password", "token", "secret", "auth", "identitytoken",
                          "password_file", "email", "endpoint", "id", "name"})
 #: mappings whose keys are data (registry names with dots), replaced whole like a list
 OPAQUE = frozenset({"opencti.daemon.docker.mirrors"})
+#: core keys whose content the core's validation checks whole (the registry block: an unknown key
+#: inside an entry is an error there, not a warning here)
+CORE_OWNS = (SINGLE, LIST, MASTER)
 #: how many unknown keys are logged one by one at start (``config check`` lists them all)
 _LOGGED_UNKNOWN = 20
 
@@ -337,7 +341,7 @@ class SettingsSource:
         defaults = merge.data_after_defaults
         data = {section: merge.data.get(section) or {} for section in SECTIONS}
         schema = _schema([self.embedded, *(s.defaults for s in specs)],
-                         [key for s in specs for key in s.owns])
+                         [*CORE_OWNS, *(key for s in specs for key in s.owns)])
         return Settings(data, merge.sources, specs=specs,
                         unknown=_unknown_keys(self.layers, schema, defaults),
                         shape_problems=merge.shape_problems)
@@ -346,7 +350,7 @@ class SettingsSource:
 def _usable(specs: Iterable[SettingsSpec]) -> tuple[SettingsSpec, ...]:
     """Specs in name order; one owning a core key or another plugin's key is left out, loudly
     (a third-party plugin must not be able to take over ``manager.id``)."""
-    core = _schema([embedded_defaults()], ())
+    core = _schema([embedded_defaults()], CORE_OWNS)
     kept: list[SettingsSpec] = []
     for spec in sorted(specs, key=lambda s: s.name):
         clash = next((f"core setting {key}" for key in spec.owns if _in_schema(core, key)), None)

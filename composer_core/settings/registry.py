@@ -98,7 +98,8 @@ def registry_settings(settings: Settings) -> RegistrySettings:
 
 
 def validate_registries(settings: Settings, problems: Problems) -> None:
-    """The validator of the registry block (the ``config`` plugin's settings spec)."""
+    """The validation of the registry block (core keys: the ``config`` provider, the
+    ``registry-prefix`` resolver and the TLS policy read them)."""
     parsed = settings.memo.get("registries")
     if parsed is None:
         parsed = settings.memo["registries"] = parse_registries(settings)

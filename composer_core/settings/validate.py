@@ -14,6 +14,7 @@ from typing import Any
 
 from composer_core.errors import SettingsError
 from composer_core.settings.model import Settings, describe
+from composer_core.settings.registry import validate_registries
 from composer_core.settings.spec import Problem, Problems
 
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")
@@ -107,6 +108,7 @@ def _core(settings: Settings, p: Problems, *, providers: Iterable[str] | None,
     check_number(s, p, "manager.metrics.port", what="a port number (1 to 65535)", minimum=1,
                  maximum=65535, whole=True)
     check_bool(s, p, "plugins.strict")
+    validate_registries(s, p)
 
     selector = check_text(s, p, "opencti.daemon.selector", what="auto, docker or podman")
     # Without the installed runtimes (at load time, before plugins are loaded) any name may be a
