@@ -1,13 +1,17 @@
 """Built-in desired-state source ``file``: the connectors file of ``-f FILE``.
 
 The file is validated as a whole when the source opens (an invalid file: exit 2, before any engine
-is contacted) and re-read whenever it changes; an invalid new version keeps the last good one.
+is contacted) and re-read whenever it changes; an invalid new version keeps the last good one. A
+file that may still be being written (modified less than :data:`SETTLE_SECONDS` ago, or changed
+while it was read) is read again at the next ask: a file saved in place is truncated, then written,
+and its first half may well be valid YAML naming fewer connectors, whose removal nobody asked for.
 Its containers carry no platform label, as they always have (:mod:`composer_core.fleet.sources`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,9 @@ from composer_core.records import DesiredStateSource
 from composer_core.settings import Settings
 
 log = logging.getLogger("xtm_composer.run")
+
+#: a file modified more recently than this may be mid-write: it is read at a later ask
+SETTLE_SECONDS = 0.25
 
 
 class FileSource:
@@ -43,15 +50,19 @@ class FileSource:
 
     def desired(self) -> DesiredState:
         stamp = self._current_stamp()
-        if stamp != self._stamp:
-            self._stamp = stamp
+        if stamp != self._stamp and _settled(stamp):
             try:
-                self.connectors = load_connectors(self.path)
-                log.info("connectors file %s changed: %d connectors", self.path,
-                         len(self.connectors))
+                connectors = load_connectors(self.path)
             except ComposerError as exc:
-                log.error("connectors file %s changed but is invalid, keeping the previous "
-                          "version: %s", self.path, redact.scrub(exc.message))
+                if self._current_stamp() == stamp:  # else: read torn, ask again
+                    self._stamp = stamp
+                    log.error("connectors file %s changed but is invalid, keeping the previous "
+                              "version: %s", self.path, redact.scrub(exc.message))
+            else:
+                if self._current_stamp() == stamp:
+                    self._stamp, self.connectors = stamp, connectors
+                    log.info("connectors file %s changed: %d connectors", self.path,
+                             len(self.connectors))
         return DesiredState(self.connectors)
 
     def observe(self, observation: Observation) -> None:
@@ -59,6 +70,11 @@ class FileSource:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _settled(stamp: tuple[int, int] | None) -> bool:
+    """Whether a file of this stamp is done being written (a vanished file: at once)."""
+    return stamp is None or time.time_ns() - stamp[0] >= SETTLE_SECONDS * 1e9
 
 
 def open_file_source(settings: Settings, options: Mapping[str, Any]) -> FileSource:

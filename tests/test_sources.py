@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 import pytest
@@ -21,7 +23,7 @@ from composer_core.fleet.sources import (
     run_source_pass,
 )
 from composer_core.records import DesiredStateSource
-from composer_plugins.file_source import FileSource
+from composer_plugins.file_source import SETTLE_SECONDS, FileSource
 from tests.engine_helpers import remove_by_name, unique
 
 
@@ -194,3 +196,45 @@ def test_sources_side_by_side_never_touch_each_other(engine, bench, manager, eng
     finally:
         remove_by_name(engine, bench, from_file)
         remove_by_name(engine, bench, from_memory)
+
+
+# --- the file source reads only a settled file -------------------------------------------------
+
+def _connectors_file(path, ids: list[str], *, age: float) -> None:
+    path.write_text(yaml.safe_dump({"connectors": [
+        {"id": i, "name": i, "image": "localhost:5000/x:1"} for i in ids]}))
+    when = time.time() - age
+    os.utime(path, (when, when))
+
+
+def test_the_file_source_waits_for_a_file_being_written(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    _connectors_file(path, ["a1", "a2", "a3"], age=60)
+    source = FileSource(str(path))
+    # saved in place: truncated, then written; its first part is valid YAML naming only a1
+    _connectors_file(path, ["a1"], age=0)
+    assert [c.id for c in source.desired().connectors] == ["a1", "a2", "a3"]
+    _connectors_file(path, ["a1", "a2", "a3", "a4"], age=0)
+    os.utime(path, ns=(time.time_ns() - int(SETTLE_SECONDS * 2e9),) * 2)  # the writer is done
+    assert [c.id for c in source.desired().connectors] == ["a1", "a2", "a3", "a4"]
+
+
+def test_the_file_source_reads_again_a_file_changed_while_read(tmp_path, monkeypatch) -> None:
+    import composer_plugins.file_source as file_source
+
+    path = tmp_path / "c.yaml"
+    _connectors_file(path, ["a1", "a2"], age=60)
+    source = FileSource(str(path))
+    _connectors_file(path, ["a1", "a2", "a3"], age=60)
+    real = file_source.load_connectors
+
+    def torn(where):  # the writer comes back while the file is read
+        found = real(where)
+        _connectors_file(path, ["b1"], age=60)
+        os.utime(path, ns=(time.time_ns() - int(SETTLE_SECONDS * 4e9),) * 2)
+        return found[:1]
+
+    monkeypatch.setattr(file_source, "load_connectors", torn)
+    assert [c.id for c in source.desired().connectors] == ["a1", "a2"]  # not the torn read
+    monkeypatch.setattr(file_source, "load_connectors", real)
+    assert [c.id for c in source.desired().connectors] == ["b1"]  # the next ask reads it whole
