@@ -19,7 +19,6 @@ import yaml
 
 from composer_core import metrics as metrics_module
 from composer_core.auth.chain import resolve_credentials
-from composer_core.engine.labels import LABEL_MANAGER
 from composer_core.errors import CredentialsError
 from composer_core.images.resolve import resolve_image
 from composer_core.metrics import (
@@ -36,7 +35,7 @@ from composer_core.metrics import (
 from composer_core.pluginmanager import Plugins
 from composer_core.testing import wait_for
 from tests.conftest import assert_no_secrets, only_ours
-from tests.engine_helpers import free_port, remove_by_name, remove_labelled, unique
+from tests.engine_helpers import free_port, remove_by_name, unique
 from tests.keychain_helpers import (
     GARBAGE_SECRET,
     HELPER_SECRET,
@@ -306,10 +305,7 @@ def test_the_platform_client_counts_each_operation_and_why_it_failed(
 
 @pytest.mark.integration
 def test_run_counts_credential_resolutions_and_helpers_on_the_bench(
-        bench, pass_store: PassStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = "docker"
-    monkeypatch.setenv("DOCKER_HOST", bench.docker_host)
-    manager = unique("xtm-test-manager")
+        engine: str, bench: Any, manager: str, pass_store: PassStore, tmp_path: Path) -> None:
     home = tmp_path / "run-home"
     # the TLS registry's credential is in the OS keychain (the real docker-credential-pass)
     write_json(home / ".docker/config.json", {"credHelpers": {bench.registry_tls: "pass"}})
@@ -334,44 +330,44 @@ def test_run_counts_credential_resolutions_and_helpers_on_the_bench(
            "OPENCTI__DAEMON__DOCKER__REGISTRY__USERNAME": bench.username,
            "OPENCTI__DAEMON__DOCKER__REGISTRY__PASSWORD": bench.password}
     texts: list[str] = []
-    try:
-        with run_process(engine, path, env) as (_proc, outputs):
-            # before the first pass ends the counters exist, at 0
-            wait_for(lambda: get(base + "/metrics")[0] == 200, 30, "metrics served")
-            wait_for(lambda: value(samples(get(base + "/metrics")[1]),
-                                   "xtm_composer_passes_total", trigger="resync",
-                                   result="ok") == 1, 120, "the first pass")
-            text = get(base + "/metrics")[1]
-            texts.append(text)
-            first = samples(text)
-            assert value(first, "xtm_composer_actions_total", action="deploy", result="ok") == 4
-            # one resolution per image: each counts once for each of the five providers
-            assert credential_counts(text) == {
-                ("config", "found"): 1, ("config", "not_found"): 3,
-                ("docker-config", "skipped"): 1, ("docker-config", "not_found"): 3,
-                ("keychain", "skipped"): 1, ("keychain", "not_found"): 1,
-                ("keychain", "found"): 2,
-                ("containers-auth", "skipped"): 3, ("containers-auth", "not_found"): 1,
-                ("anonymous", "skipped"): 3, ("anonymous", "found"): 1,
-            }
-            assert value(first, CREDS, provider="keychain", outcome="error") == 0  # shown, at 0
-            # two images of the keychain's registry: pass ran once, its answer was reused once
-            assert value(first, RUNS, helper="pass", result="found") == 1
-            assert value(first, HITS, helper="pass") == 1
-            time.sleep(1)  # the event stream is open (it opens beside the first pass)
-            # a keychain connector removed out of band: redeployed on its event, from the cache
-            remove_by_name(engine, bench, ids["keychain"])
-            wait_for(lambda: value(samples(get(base + "/metrics")[1]), "xtm_composer_actions_total",
-                                   action="deploy", result="ok") == 5, 30, "the redeploy")
-            text = get(base + "/metrics")[1]
-            texts.append(text)
-            after = samples(text)
-            assert value(after, CREDS, provider="keychain", outcome="found") == 3
-            assert value(after, RUNS, helper="pass", result="found") == 1
-            assert value(after, HITS, helper="pass") == 2
-        texts += outputs
-    finally:
-        remove_labelled(engine, bench, LABEL_MANAGER, manager)
+    with run_process(engine, path, env) as (_proc, outputs):
+        # the counters of every provider of auth.chain exist from the start
+        wait_for(lambda: get(base + "/metrics")[0] == 200, 30, "metrics served")
+        start = samples(get(base + "/metrics")[1])
+        assert all((CREDS, (("outcome", o), ("provider", p))) in start
+                   for p in CHAIN for o in CREDENTIAL_OUTCOMES)
+        wait_for(lambda: value(samples(get(base + "/metrics")[1]),
+                               "xtm_composer_passes_total", trigger="resync",
+                               result="ok") == 1, 120, "the first pass")
+        text = get(base + "/metrics")[1]
+        texts.append(text)
+        first = samples(text)
+        assert value(first, "xtm_composer_actions_total", action="deploy", result="ok") == 4
+        # one resolution per image: each counts once for each of the five providers
+        assert credential_counts(text) == {
+            ("config", "found"): 1, ("config", "not_found"): 3,
+            ("docker-config", "skipped"): 1, ("docker-config", "not_found"): 3,
+            ("keychain", "skipped"): 1, ("keychain", "not_found"): 1,
+            ("keychain", "found"): 2,
+            ("containers-auth", "skipped"): 3, ("containers-auth", "not_found"): 1,
+            ("anonymous", "skipped"): 3, ("anonymous", "found"): 1,
+        }
+        assert value(first, CREDS, provider="keychain", outcome="error") == 0  # shown, at 0
+        # two images of the keychain's registry: pass ran once, its answer was reused once
+        assert value(first, RUNS, helper="pass", result="found") == 1
+        assert value(first, HITS, helper="pass") == 1
+        time.sleep(1)  # the event stream is open (it opens beside the first pass)
+        # a keychain connector removed out of band: redeployed on its event, from the cache
+        remove_by_name(engine, bench, ids["keychain"])
+        wait_for(lambda: value(samples(get(base + "/metrics")[1]), "xtm_composer_actions_total",
+                               action="deploy", result="ok") == 5, 30, "the redeploy")
+        text = get(base + "/metrics")[1]
+        texts.append(text)
+        after = samples(text)
+        assert value(after, CREDS, provider="keychain", outcome="found") == 3
+        assert value(after, RUNS, helper="pass", result="found") == 1
+        assert value(after, HITS, helper="pass") == 2
+    texts += outputs
     # nothing of a secret, the registry user, the helper's answer, an image reference
     assert_no_secrets("\n".join(texts[:2]), [bench.password, bench.username, token, "ServerURL",
                                              bench.registry_private, bench.registry_open,
@@ -383,11 +379,11 @@ def test_run_counts_credential_resolutions_and_helpers_on_the_bench(
 @pytest.mark.platform_standin
 def test_run_counts_platform_calls_against_the_stand_in(
         bench, platform, platform_token: str, key_file: Path, tmp_path: Path) -> None:
-    manager = unique("xtm-test-manager")
+    manager_id = unique("xtm-test-manager")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "DOCKER_HOST": bench.docker_host,
-           "MANAGER__ID": manager, "MANAGER__SOURCE": "opencti", "MANAGER__NAME": "metrics bench",
+           "MANAGER__ID": manager_id, "MANAGER__SOURCE": "opencti", "MANAGER__NAME": "metrics bench",
            "MANAGER__EXECUTE_SCHEDULE": "0.5", "MANAGER__PING_ALIVE_SCHEDULE": "1",
            "MANAGER__CREDENTIALS_KEY_FILEPATH": str(key_file),
            "MANAGER__METRICS__ENABLE": "true", "MANAGER__METRICS__PORT": str(port),
@@ -425,5 +421,5 @@ def test_run_counts_platform_calls_against_the_stand_in(
         ok = value(last, CALLS, platform="opencti", operation="GetConnectors", result="ok")
         assert ok >= 2 and ok <= platform.operations().count("GetConnectors")
     texts += outputs
-    assert_no_secrets(texts[0], [platform_token, manager, "metrics bench"])
+    assert_no_secrets(texts[0], [platform_token, manager_id, "metrics bench"])
     assert_no_secrets("\n".join(texts), [platform_token])
