@@ -11,15 +11,29 @@
 
 No label or value carries a secret, a connector's env or an image reference: labels are kinds,
 states, actions, results and triggers, words of this module's own vocabulary.
+
+**The recording seam** (:func:`recorder`): what the credential chain, the credential helpers and
+the platform clients do is counted through the process-wide recorder, a :class:`Metrics` that
+records nothing until ``run`` installs its own (:func:`recording`). Plugins call it and know
+nothing of Prometheus or of the server::
+
+    from composer_core.metrics import recorder
+    recorder().platform_call("opencti", "GetConnectors", "ok")
+
+Its labels come from closed vocabularies: outcomes and results from the tuples below (anything
+else is counted as ``other``), names (providers, helpers, platforms, operations) are checked
+words (:data:`NAME_PATTERN`), at most :data:`MAX_NAMES` of each kind (the rest: ``other``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from composer_core.errors import ComposerError, UsageError
@@ -43,6 +57,22 @@ REGISTRY_ERROR_KINDS = {
 #: reconnected event stream
 TRIGGERS = ("resync", "event", "source", "reconnect")
 OBSERVED_STATES = ("started", "stopped", "restarting", "pending", "failed", "missing")
+#: what the credential chain records of each provider it walks, once per resolution: what the
+#: provider answered; ``skipped``: not asked (an earlier one answered); ``unavailable``: its
+#: plugin is disabled or failed to load
+CREDENTIAL_OUTCOMES = ("found", "not_found", "error", "skipped", "unavailable")
+#: what a credential helper that ran answered (``timeout``: killed at auth.helper_timeout)
+HELPER_RESULTS = ("found", "not_found", "error", "timeout")
+#: how a platform call ended: ``ok``, or why not (``not_graphql``: an answer that is not GraphQL
+#: JSON; ``invalid_answer``: GraphQL without what the operation needs)
+PLATFORM_RESULTS = ("ok", "unreachable", "timeout", "tls", "not_graphql", "graphql_error",
+                    "no_data", "invalid_answer", "error")
+#: the value of a label that was not in its vocabulary
+OTHER = "other"
+#: a provider, helper, platform or operation name usable as a label value
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,62}")
+#: distinct names per kind of name; a plugin recording more has the rest counted as ``other``
+MAX_NAMES = 64
 
 
 class Health:
@@ -108,11 +138,98 @@ class Metrics:
         """The connectors by desired state (``desired``: connector id -> started/stopped) and by
         observed state (a desired connector without a workload is ``missing``)."""
 
+    # --- what the chain and plugins record, through recorder() --------------------------------
+
+    def credential_resolved(self, provider: str, outcome: str) -> None:
+        """The chain walked ``provider`` (a name of ``auth.chain``) for one resolution, with
+        ``outcome`` (:data:`CREDENTIAL_OUTCOMES`)."""
+
+    def helper_ran(self, helper: str, result: str) -> None:
+        """Credential helper ``helper`` (``docker-credential-NAME``'s NAME) was executed and
+        answered ``result`` (:data:`HELPER_RESULTS`)."""
+
+    def helper_cache_hit(self, helper: str) -> None:
+        """A cached answer of ``helper`` was used instead of executing it."""
+
+    def platform_call(self, platform: str, operation: str, result: str) -> None:
+        """A call ``operation`` (a fixed name of the client, e.g. a GraphQL operation name) to
+        ``platform`` (the source's name) ended with ``result`` (:data:`PLATFORM_RESULTS`)."""
+
+    def platform_operations(self, platform: str, operations: Sequence[str]) -> None:
+        """``platform``'s operations, so that their counters show 0 before the first call."""
+
+
+_current: Metrics = Metrics()
+_declared: dict[str, tuple[str, ...]] = {}
+_declared_lock = threading.Lock()
+
+
+def recorder() -> Metrics:
+    """The process-wide recorder: the metrics of ``run`` while it runs with
+    ``manager.metrics.enable``, else one that records nothing. Cheap and thread-safe: call it at
+    each event, do not keep what it returns."""
+    return _current
+
+
+def declare_platform_operations(platform: str, operations: Sequence[str]) -> None:
+    """Declare the operations a platform client makes (once, at the import of the client): their
+    counters show 0 from the start of ``run``, before the first call."""
+    with _declared_lock:
+        _declared[platform] = tuple(operations)
+    _current.platform_operations(platform, tuple(operations))
+
+
+@contextmanager
+def recording(metrics: Metrics) -> Iterator[Metrics]:
+    """Make ``metrics`` the process-wide recorder for the block (``run`` does, for its life);
+    the previous one is back after it."""
+    global _current
+    previous, _current = _current, metrics
+    with _declared_lock:
+        declared = dict(_declared)
+    for platform, operations in declared.items():
+        metrics.platform_operations(platform, operations)
+    try:
+        yield metrics
+    finally:
+        _current = previous
+
+
+class _Vocabulary:
+    """Label values of one kind: words of a fixed set, or names (checked and bounded in count);
+    anything else is :data:`OTHER`. A value refused is said once, without the value itself (it
+    might be anything a plugin had at hand)."""
+
+    def __init__(self, what: str, fixed: Sequence[str] | None = None) -> None:
+        self.what = what
+        self.fixed = frozenset(fixed) if fixed is not None else None
+        self._names: set[str] = set()
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def __call__(self, value: object) -> str:
+        if self.fixed is not None:
+            if isinstance(value, str) and value in self.fixed:
+                return value
+        elif isinstance(value, str) and NAME_PATTERN.fullmatch(value):
+            if value in self._names:
+                return value
+            with self._lock:
+                if value in self._names or len(self._names) < MAX_NAMES:
+                    self._names.add(value)
+                    return value
+        if not self._warned:
+            self._warned = True
+            log.warning("a %s outside its vocabulary was recorded: counted as %r (see "
+                        "docs/metrics.md)", self.what, OTHER)
+        return OTHER
+
 
 class PrometheusMetrics(Metrics):
-    """The metrics, in a registry of their own (``registry``)."""
+    """The metrics, in a registry of their own (``registry``). ``providers``: the names of
+    ``auth.chain``, whose credential counters show 0 from the start."""
 
-    def __init__(self) -> None:
+    def __init__(self, providers: Iterable[str] = ()) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry(auto_describe=True)
@@ -150,9 +267,39 @@ class PrometheusMetrics(Metrics):
         self.last_success = Gauge(
             "xtm_composer_last_successful_pass_timestamp_seconds", "When the last pass that "
             "ran ended (seconds since the epoch).", registry=r)
+        self.credentials = Counter(
+            "xtm_composer_credential_resolutions_total", "Credential chain steps: each "
+            "resolution counts once for every provider of auth.chain, by provider and outcome "
+            "(found, not_found, error, skipped, unavailable).", ["provider", "outcome"],
+            registry=r)
+        self.helper_runs = Counter(
+            "xtm_composer_credential_helper_executions_total", "docker-credential-* helpers "
+            "executed, by helper (the NAME of docker-credential-NAME) and result (found, "
+            "not_found, error, timeout).", ["helper", "result"], registry=r)
+        self.helper_hits = Counter(
+            "xtm_composer_credential_helper_cache_hits_total", "Cached helper answers used "
+            "instead of executing the helper, by helper.", ["helper"], registry=r)
+        self.platform_calls = Counter(
+            "xtm_composer_platform_calls_total", "Calls to the platform of the source, by "
+            "platform, operation and result (ok, or why it failed).",
+            ["platform", "operation", "result"], registry=r)
+        self._provider = _Vocabulary("credential provider name")
+        self._outcome = _Vocabulary("credential outcome", CREDENTIAL_OUTCOMES)
+        self._helper = _Vocabulary("credential helper name")
+        self._helper_result = _Vocabulary("helper result", HELPER_RESULTS)
+        self._platform = _Vocabulary("platform name")
+        self._operation = _Vocabulary("platform operation")
+        self._platform_result = _Vocabulary("platform call result", PLATFORM_RESULTS)
+        self._helpers_seen: set[str] = set()
+        self._operations_seen: set[tuple[str, str]] = set()
+        self._seen_lock = threading.Lock()
         for trigger in TRIGGERS:
             for result in ("ok", "failed"):
                 self.passes.labels(trigger, result)
+        for name in providers:
+            provider = self._provider(name)
+            for outcome in CREDENTIAL_OUTCOMES:
+                self.credentials.labels(provider, outcome)
 
     def pass_done(self, trigger: str, result: Pass, seconds: float) -> None:
         self.passes.labels(trigger, "ok").inc()
@@ -191,6 +338,43 @@ class PrometheusMetrics(Metrics):
         counts["missing"] = len(set(desired) - seen)
         for state, count in counts.items():
             self.connectors_observed.labels(state).set(count)
+
+    def credential_resolved(self, provider: str, outcome: str) -> None:
+        self.credentials.labels(self._provider(provider), self._outcome(outcome)).inc()
+
+    def _helper_label(self, helper: str) -> str:
+        """``helper``'s label; its counters are made (at 0) when it is first seen."""
+        label = self._helper(helper)
+        if label not in self._helpers_seen:
+            with self._seen_lock:
+                for result in HELPER_RESULTS:
+                    self.helper_runs.labels(label, result)
+                self.helper_hits.labels(label)
+                self._helpers_seen.add(label)
+        return label
+
+    def helper_ran(self, helper: str, result: str) -> None:
+        self.helper_runs.labels(self._helper_label(helper), self._helper_result(result)).inc()
+
+    def helper_cache_hit(self, helper: str) -> None:
+        self.helper_hits.labels(self._helper_label(helper)).inc()
+
+    def platform_operations(self, platform: str, operations: Sequence[str]) -> None:
+        for operation in operations:
+            self._operation_labels(platform, operation)
+
+    def _operation_labels(self, platform: str, operation: str) -> tuple[str, str]:
+        labels = (self._platform(platform), self._operation(operation))
+        if labels not in self._operations_seen:
+            with self._seen_lock:
+                for result in PLATFORM_RESULTS:
+                    self.platform_calls.labels(*labels, result)
+                self._operations_seen.add(labels)
+        return labels
+
+    def platform_call(self, platform: str, operation: str, result: str) -> None:
+        self.platform_calls.labels(*self._operation_labels(platform, operation),
+                                   self._platform_result(result)).inc()
 
     def text(self) -> bytes:
         from prometheus_client import generate_latest
@@ -253,8 +437,10 @@ def open_metrics(settings: Any, health: Health) -> tuple[Metrics, MetricsServer 
     """The metrics ``run`` records, and their server when ``manager.metrics.enable`` is true."""
     if settings.get("manager.metrics.enable") is not True:
         return Metrics(), None
+    from composer_core.settings import name_list
+
     try:
-        metrics = PrometheusMetrics()
+        metrics = PrometheusMetrics(providers=name_list(settings, "auth.chain"))
     except ImportError:
         raise ComposerError("manager.metrics.enable is true but prometheus-client is not "
                             "installed", hint="pip install prometheus-client") from None

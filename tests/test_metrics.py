@@ -164,12 +164,14 @@ def _unmanaged_burst(which: str, bench: Any, name: str, connector: str) -> None:
 
 
 @contextmanager
-def run_process(which: str, path: Path, env: dict[str, str]) -> Iterator[
+def run_process(which: str, path: Path | None, env: dict[str, str]) -> Iterator[
         tuple[subprocess.Popen[str], list[str]]]:
-    """`run -f path` on engine ``which`` (``--stop-timeout 1``); SIGTERM when the block ends,
-    its stdout and stderr appended to the list; it exits 0 without a traceback."""
+    """`run -f path` on engine ``which`` (``--stop-timeout 1``; no path: the source of
+    manager.source); SIGTERM when the block ends, its stdout and stderr appended to the list; it
+    exits 0 without a traceback."""
+    source = ["-f", str(path)] if path is not None else []
     proc = subprocess.Popen([sys.executable, "-m", "composer_core", "--runtime", which, "run",
-                             "-f", str(path), "--stop-timeout", "1"], env=env,
+                             *source, "--stop-timeout", "1"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outputs: list[str] = []
     try:

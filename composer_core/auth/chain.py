@@ -4,6 +4,11 @@
 first provider answering ``found`` wins; every step is recorded with its outcome and a detail (which
 key matched in which file, or why not), so that ``auth explain`` and every auth error can show
 exactly what was tried. Secrets never reach the trace.
+
+Every resolution is counted (:func:`composer_core.metrics.recorder`), once for each provider of
+the chain it walked: what it answered, ``skipped`` (an earlier one answered) or ``unavailable``
+(its plugin is disabled or failed to load). A resolution stopped by a fatal error counts the
+providers walked up to it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from composer_core import redact
 from composer_core.auth.registries import canonical_host
 from composer_core.errors import CredentialsError
 from composer_core.images.resolve import ordered
+from composer_core.metrics import recorder
 from composer_core.pluginmanager import Plugins
 from composer_core.settings import Settings
 from composer_core.types import (
@@ -102,6 +108,27 @@ def resolve_credentials(image: ResolvedImage, settings: Settings, plugins: Plugi
     request = CredentialRequest(image=image.ref, registry=registry, settings=settings,
                                 environ=os.environ if environ is None else environ)
     steps: list[Step] = []
+    try:
+        return _walk(image, registry, request, settings, plugins, providers, steps)
+    finally:
+        metrics = recorder()
+        for step in steps:
+            metrics.credential_resolved(step.provider, _metric_outcome(step))
+
+
+UNAVAILABLE = "plugin disabled or failed to load (see `xtm-composer plugins`)"
+
+
+def _metric_outcome(step: Step) -> str:
+    """The step's outcome as the metric words it (docs/metrics.md)."""
+    if step.outcome == "skipped" and step.detail == UNAVAILABLE:
+        return "unavailable"
+    return step.outcome.replace("-", "_")
+
+
+def _walk(image: ResolvedImage, registry: str, request: CredentialRequest, settings: Settings,
+          plugins: Plugins, providers: Mapping[str, Any], steps: list[Step]) -> Resolution:
+    """Ask the providers of ``auth.chain`` in order, appending each step to ``steps``."""
     chosen: AnyCredentials | None = None
     for name in ordered(settings, "auth.chain", providers, plugins, "credential providers"):
         if chosen is not None:
@@ -109,8 +136,7 @@ def resolve_credentials(image: ResolvedImage, settings: Settings, plugins: Plugi
             continue
         provider = providers.get(name)
         if provider is None:
-            steps.append(Step(name, "skipped", "plugin disabled or failed to load "
-                                               "(see `xtm-composer plugins`)"))
+            steps.append(Step(name, "skipped", UNAVAILABLE))
             continue
         result = _ask(name, provider.lookup, request)
         if isinstance(result, Found):

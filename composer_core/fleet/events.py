@@ -49,7 +49,7 @@ from composer_core.fleet.sources import (
     connector_of,
     run_source_pass,
 )
-from composer_core.metrics import HEALTH_SCHEDULES, Health, Metrics
+from composer_core.metrics import HEALTH_SCHEDULES, Health, Metrics, recording
 from composer_core.pluginmanager import Plugins
 from composer_core.settings import Settings
 from composer_core.workload import DISRUPTIVE_KINDS, Backend, Observed, WorkloadEvent, has_events
@@ -327,6 +327,12 @@ class Runner:
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self) -> None:
+        # the chain, the credential helpers and the platform client count through the
+        # process-wide recorder: this run's metrics, while it runs
+        with recording(self.metrics):
+            self._run()
+
+    def _run(self) -> None:
         poll = SOURCE_POLL_SECONDS if self.source.name == "file" else None
         next_resync = self.clock()
         next_poll = self.clock() + (poll or 0)

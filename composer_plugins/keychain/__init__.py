@@ -12,6 +12,9 @@ that is missing, fails, prints garbage or outlives ``auth.helper_timeout`` is an
 and the chain goes on, unless ``auth.strict_helpers: true`` makes it fatal. Answers are cached
 (:mod:`composer_plugins.keychain.cache`); the detail says whether the helper ran or the cache answered.
 Helper output never reaches a detail or a log beyond the protocol's standard texts.
+
+Counted (:func:`composer_core.metrics.recorder`): each execution of a helper, by its NAME and what
+it answered, and each cached answer used instead; a helper missing from PATH was not executed.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from composer_core import hookimpl
 from composer_core.auth.authfile import AuthFile, read_docker_config
 from composer_core.auth.registries import canonical_host, helper_server_url
+from composer_core.metrics import recorder
 from composer_core.settings import Problems, Settings, SettingsSpec, check_bool, check_number
 from composer_core.settings.validate import DAY, MAX_TIMEOUT
 from composer_core.types import (
@@ -134,8 +138,10 @@ def _ask(plan: Plan, path: str | None, request: CredentialRequest) -> LookupResu
             _ttl_of(request.settings))
     answer, remaining = cached
     if remaining is not None:
+        recorder().helper_cache_hit(name)
         when = f"; from cache (expires in {remaining:.0f} s)"
     else:  # a helper that timed out or could not start did not "run (0.00 s)"
+        recorder().helper_ran(name, answer.result)
         when = "" if answer.seconds is None else f"; helper ran ({answer.seconds:.2f} s)"
     detail = f"{plan.via} for {plan.server_url}: {answer.detail}{when}{plan.notes}"
     if answer.outcome == "not-found":

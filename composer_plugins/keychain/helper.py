@@ -46,6 +46,12 @@ class HelperAnswer:
     secret: str | None = field(default=None, repr=False)
     identity_token: bool = False
     seconds: float | None = None
+    timed_out: bool = False
+
+    @property
+    def result(self) -> str:
+        """The answer as the helper-executions metric words it (docs/metrics.md)."""
+        return "timeout" if self.timed_out else self.outcome.replace("-", "_")
 
 
 def _candidates(name: str, environ: Mapping[str, str]) -> list[str]:
@@ -91,7 +97,7 @@ def run_get(executable: str, server_url: str, environ: Mapping[str, str],
         _stop(proc)
     if outcome == "timeout":
         return HelperAnswer("error", f"timed out: did not answer within {timeout:g} s and was killed "
-                                     "(with its process group)")
+                                     "(with its process group)", timed_out=True)
     if isinstance(outcome, str):  # the pipe that overflowed
         return HelperAnswer("error", f"credential too large: printed more than {LIMIT_OUTPUT // MiB} MiB "
                                      f"on {outcome}, the most read from a credential helper; it was "

@@ -6,16 +6,22 @@ non-empty ``errors`` array and a null ``data`` all mean "this operation failed"
 read timeout (``opencti.request_timeout``), except the listing, which the platform may hold up to
 90 s after an upgrade: it reads for ``opencti.listing_timeout`` (100 s). ``requests`` is imported
 when the first client is made.
+
+Every operation is counted (:func:`composer_core.metrics.recorder`), by its GraphQL operation
+name and how it ended: ``ok``, or the :attr:`PlatformError.result` of its failure.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from composer_core import redact
 from composer_core.fleet.sources import SourceUnavailable
+from composer_core.metrics import declare_platform_operations, recorder
 from composer_plugins.opencti.config import OpenCTIConfig
 
 log = logging.getLogger("xtm_composer.opencti")
@@ -41,10 +47,52 @@ REPORT_HEALTH = ("mutation UpdateConnectorHealth($input: HealthConnectorStatusIn
                  "{ updateConnectorHealth(input: $input) }")
 
 
+#: the operations, by their GraphQL operation names (the ``operation`` label of platform calls)
+OPERATIONS = ("GetVersion", "RegisterConnectorsManager", "UpdateConnectorManagerStatus",
+              "GetConnectors", "UpdateConnectorCurrentStatus", "ReportConnectorLogs",
+              "UpdateConnectorHealth")
+PLATFORM = "opencti"
+declare_platform_operations(PLATFORM, OPERATIONS)
+
+
 class PlatformError(SourceUnavailable):
-    """The platform did not answer an operation (unreachable, refused, GraphQL error, null data)."""
+    """The platform did not answer an operation (unreachable, refused, GraphQL error, null data).
+    ``result``: why, in the words of the platform-calls metric (``unreachable``, ``timeout``,
+    ``tls``, ``not_graphql``, ``graphql_error``, ``no_data``, ``invalid_answer``)."""
 
     kind = "platform"
+
+    def __init__(self, message: str, *, hint: str | None = None,
+                 result: str = "invalid_answer") -> None:
+        super().__init__(message, hint=hint)
+        self.result = result
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _counted(operation: str) -> Callable[[Callable[Concatenate[PlatformClient, P], R]],
+                                         Callable[Concatenate[PlatformClient, P], R]]:
+    """Count each call of the decorated operation once, with how it ended."""
+    assert operation in OPERATIONS
+
+    def decorate(method: Callable[Concatenate[PlatformClient, P], R]) -> Callable[
+            Concatenate[PlatformClient, P], R]:
+        @functools.wraps(method)
+        def counted(self: PlatformClient, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                answer = method(self, *args, **kwargs)
+            except PlatformError as exc:
+                recorder().platform_call(PLATFORM, operation, exc.result)
+                raise
+            except Exception:
+                recorder().platform_call(PLATFORM, operation, "error")
+                raise
+            recorder().platform_call(PLATFORM, operation, "ok")
+            return answer
+        return counted
+    return decorate
 
 
 class PlatformClient:
@@ -89,39 +137,43 @@ class PlatformClient:
             raise PlatformError(f"{operation}: TLS with the platform at {where} failed: {reason}",
                                 hint="trust its certificate authority (SSL_CERT_FILE or "
                                      "REQUESTS_CA_BUNDLE naming a PEM bundle), or set "
-                                     "opencti.unsecured_certificate: true (not for production)") from None
+                                     "opencti.unsecured_certificate: true (not for production)",
+                                result="tls") from None
         except requests.Timeout:
             raise PlatformError(f"{operation}: the platform at {where} did not answer within "
-                                f"{timeout[1]:g} s", hint=_HINT) from None
+                                f"{timeout[1]:g} s", hint=_HINT, result="timeout") from None
         except requests.RequestException as exc:
             reason = redact.scrub(_first_line(exc))
             raise PlatformError(f"{operation}: the platform at {where} is unreachable: {reason}",
-                                hint=_HINT) from None
+                                hint=_HINT, result="unreachable") from None
         try:
             data = response.json()
         except ValueError:
             raise PlatformError(f"{operation}: the platform at {where} answered HTTP "
-                                f"{response.status_code}, not GraphQL JSON", hint=_HINT) from None
+                                f"{response.status_code}, not GraphQL JSON", hint=_HINT,
+                                result="not_graphql") from None
         errors = data.get("errors") if isinstance(data, dict) else None
         if errors:
             messages = "; ".join(redact.scrub(str(e.get("message", e)) if isinstance(e, dict) else str(e))
                                  for e in errors[:3])
             raise PlatformError(f"{operation}: the platform answered an error: {messages}",
-                                hint=_error_hint(messages))
+                                hint=_error_hint(messages), result="graphql_error")
         result = data.get("data") if isinstance(data, dict) else None
         if not isinstance(result, dict):
             raise PlatformError(f"{operation}: the platform answered no data "
-                                f"(HTTP {response.status_code})", hint=_HINT)
+                                f"(HTTP {response.status_code})", hint=_HINT, result="no_data")
         return result
 
     # --- the seven operations ---------------------------------------------------------------
 
+    @_counted("GetVersion")
     def version(self) -> str:
         about = self._call("GetVersion", GET_VERSION).get("about")
         if not isinstance(about, dict) or not isinstance(about.get("version"), str):
             raise PlatformError("GetVersion: the platform answered no version")
         return str(about["version"])
 
+    @_counted("RegisterConnectorsManager")
     def register(self, public_key: str) -> str:
         answer = self._call("RegisterConnectorsManager", REGISTER, {"input": {
             "id": self.config.manager_id, "name": self.config.manager_name,
@@ -130,6 +182,7 @@ class PlatformClient:
             raise PlatformError("RegisterConnectorsManager: the platform answered no manager")
         return str(answer.get("about_version") or "")
 
+    @_counted("UpdateConnectorManagerStatus")
     def ping(self) -> str:
         """The platform's version (``about_version``); :class:`PlatformError` when the ping fails
         (this manager unknown to the platform included)."""
@@ -138,25 +191,30 @@ class PlatformClient:
         if not isinstance(answer, dict):
             raise PlatformError("UpdateConnectorManagerStatus: the platform does not know manager "
                                 f"{self.config.manager_id!r}",
-                                hint="it registers again at the next attempt")
+                                hint="it registers again at the next attempt", result="no_data")
         return str(answer.get("about_version") or "")
 
+    @_counted("GetConnectors")
     def connectors(self) -> list[dict[str, Any]]:
         listing = self._call("GetConnectors", GET_CONNECTORS,
                              read_timeout=self.config.listing_timeout).get("connectorsForManagers")
         if listing is None:
-            raise PlatformError("GetConnectors: the platform answered no listing (null)")
+            raise PlatformError("GetConnectors: the platform answered no listing (null)",
+                                result="no_data")
         if not isinstance(listing, list) or not all(isinstance(c, dict) for c in listing):
             raise PlatformError("GetConnectors: the listing is not a list of connectors")
         return listing
 
+    @_counted("UpdateConnectorCurrentStatus")
     def report_status(self, connector_id: str, status: str) -> None:
         self._call("UpdateConnectorCurrentStatus", UPDATE_STATUS,
                    {"input": {"id": connector_id, "status": status}})
 
+    @_counted("ReportConnectorLogs")
     def report_logs(self, connector_id: str, lines: list[str]) -> None:
         self._call("ReportConnectorLogs", REPORT_LOGS, {"input": {"id": connector_id, "logs": lines}})
 
+    @_counted("UpdateConnectorHealth")
     def report_health(self, connector_id: str, restart_count: int, started_at: str,
                       in_reboot_loop: bool) -> None:
         self._call("UpdateConnectorHealth", REPORT_HEALTH, {"input": {
