@@ -319,3 +319,50 @@ def test_a_stream_is_one_request_per_window_and_breaks_when_the_manager_goes_awa
         backend.close()
     finally:
         relay.down()
+
+
+@pytest.mark.integration
+def test_a_task_killed_on_the_managers_node_is_seen_at_once_as_its_service(
+        swarm: SwarmBench, tmp_path: Path, make_settings: Callable[..., Settings],
+        plugins: Any) -> None:
+    from tests.test_swarm import fresh_image, swarm_settings, workload
+
+    owner = unique("xtm-swev-task")
+    with api_clients() as make:
+        manager = make(swarm.manager_host)
+        # an image of its own (a digest no other test uses), so that the task holding it on the
+        # manager never stands in the way of another test removing the bench's images there
+        image = fresh_image(swarm, make)
+        settings = swarm_settings(make_settings, swarm, password=swarm.password,
+                                  constraints=["node.role==manager"])
+        backend = SwarmBackend.connect(settings, environ={})
+        seen: list[WorkloadEvent] = []
+        stream = backend.events({LABEL_MANAGER: owner})
+        reader = threading.Thread(target=lambda: seen.extend(stream), daemon=True)
+        reader.start()
+        pinned = ""
+        try:
+            name = unique("xtm-swev-task")
+            applied = backend.apply(workload(settings, plugins, image, name, owner), None)
+            pinned = applied.observed.image
+            wait_for(lambda: any(e.name == name and e.kind == "started" and e.action == "start"
+                                 for e in seen), BOUND, "its task's container started")
+            (container,) = manager.containers(filters={
+                "label": f"com.docker.swarm.service.id={applied.observed.id}"})
+            manager.kill(container["Id"])  # docker kill, on the manager's node
+            wait_for(lambda: any(e.name == name and e.kind in ("killed", "died") for e in seen),
+                     BOUND, "the kill of its task streamed")
+            ours = [e for e in seen if e.name == name]
+            assert {(e.connector_id, e.id) for e in ours} == {(name, applied.observed.id)}
+            backend.remove(applied.observed)
+        finally:
+            stream.close()
+            reader.join(10)
+            backend.close()
+            for service in manager.services(filters={"label": f"{LABEL_MANAGER}={owner}"}):
+                manager.remove_service(service["ID"])
+            # its containers go with the service; then the image it held
+            wait_for(lambda: not manager.containers(all=True, filters={
+                "label": f"{LABEL_MANAGER}={owner}"}), BOUND, "its task's containers removed")
+            if pinned:
+                manager.remove_image(pinned, force=True)
