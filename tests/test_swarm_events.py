@@ -224,14 +224,14 @@ def test_run_on_swarm_brings_back_a_service_removed_or_scaled_to_0_on_its_events
         before = samples(get(base + "/metrics")[1])
         assert value(before, "xtm_composer_actions_total", action="deploy", result="ok") == 3
 
-        # a service not ours (no manager label, though it names a connector of ours): created,
-        # scaled to 0, removed; its events never reach run
+        # a service not ours (no manager label, though it names a connector of ours): created
+        # and scaled to 0 (removed below); its events never reach run, nothing is done to it
         raw.create_service(docker.types.TaskTemplate(
             docker.types.ContainerSpec("busybox-never-pulled:1", command=["true"]),
             placement=docker.types.Placement(constraints=["node.role==worker"])), name=stranger,
             labels={LABEL_CONNECTOR: ids[0]})
         scale(raw, stranger, 0)
-        raw.remove_service(stranger)
+        version = raw.inspect_service(stranger)["Version"]["Index"]
 
         old = services_of(raw, owner)
         raw.remove_service(ids[0])  # docker service rm
@@ -249,6 +249,10 @@ def test_run_on_swarm_brings_back_a_service_removed_or_scaled_to_0_on_its_events
         assert value(after, "xtm_composer_events_total", kind="removed") == 1
         assert value(after, "xtm_composer_events_total", kind="stopped") == 1
         assert value(after, "xtm_composer_passes_total", trigger="event", result="ok") == 2
+        left = raw.inspect_service(stranger)  # the events after its own were handled: untouched
+        assert left["Version"]["Index"] == version and left["Spec"]["Labels"] == {
+            LABEL_CONNECTOR: ids[0]} and left["Spec"]["Mode"]["Replicated"]["Replicas"] == 0
+        raw.remove_service(stranger)  # its removal: not among the events counted below either
 
         # our own rolling update (the file changed): no reconcile answers its events
         connectors(path, ids, swarm.ref(), token, changed="2")
@@ -264,6 +268,7 @@ def test_run_on_swarm_brings_back_a_service_removed_or_scaled_to_0_on_its_events
         assert value(done, "xtm_composer_passes_total", trigger="source", result="ok") == 1
         assert value(done, "xtm_composer_actions_total", action="replace", result="ok") == 1
         assert value(done, "xtm_composer_passes_total", trigger="event", result="ok") == 2
+        assert value(done, "xtm_composer_events_total", kind="removed") == 1
         assert services_of(raw, owner)[ids[2]]["id"] == old[ids[2]]["id"]  # in place
     logged = "\n".join(outputs)
     assert "has no event stream" not in logged
