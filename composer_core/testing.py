@@ -690,8 +690,10 @@ class BackendContract:
     def test_events_report_what_happens_to_managed_workloads(
             self, backend_factory: Callable[[], Backend], contract_env: ContractEnv) -> None:
         """Capability ``events``: a declaring backend streams the events of its managed
-        workloads (never an unmanaged one's) and its stream closes from another thread at once;
-        a backend without the capability does not offer the call under it."""
+        workloads (never an unmanaged one's): its creation, a stop and a start (``set_state``),
+        its removal; its stream closes from another thread at once; a backend without the
+        capability does not offer the call under it. (A stop is seen as the engine says it: a
+        container ``stopped``, ``killed`` or ``died``; a service scaled to 0 ``stopped``.)"""
         backend = backend_factory()
         if "events" not in backend.capabilities:
             assert not has_events(backend)
@@ -705,6 +707,10 @@ class BackendContract:
             unmanaged = f"xtm-contract-unmanaged-{secrets.token_hex(4)}"
             contract_env.make_unmanaged(unmanaged)
             workload, _ = self._created(backend, contract_env)
+            # a stop and a start: an orchestrator creates a workload with its replicas in one
+            # event, a container engine creates then starts it (two)
+            backend.set_state(self._one(backend, contract_env, workload), "stopped")
+            backend.set_state(self._one(backend, contract_env, workload), "started")
             backend.remove(self._one(backend, contract_env, workload))
             wait_for(lambda: any(e.name == workload.name and e.kind == "removed" for e in seen),
                      contract_env.timeout, f"the removal of {workload.name} streamed")
@@ -714,5 +720,7 @@ class BackendContract:
         assert not reader.is_alive(), "the event stream did not end on close()"
         ours = [e for e in seen if e.name == workload.name]
         assert {e.connector_id for e in ours} == {workload.connector_id}
-        assert {"created", "started"} <= {e.kind for e in ours}
+        kinds = {e.kind for e in ours}
+        assert {"created", "started", "removed"} <= kinds, kinds
+        assert kinds & {"stopped", "killed", "died"}, kinds
         assert unmanaged not in {e.name for e in seen}

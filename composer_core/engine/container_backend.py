@@ -23,7 +23,8 @@ deploy flow of :mod:`composer_core.engine.deploy`:
 Capability ``events`` when the runtime has an ``events(labels, since, until)`` call (docker and
 podman: their ``/events``, filtered by label and type container): :meth:`ContainerBackend.events`
 turns the engine's messages into :class:`~composer_core.workload.WorkloadEvent` s
-(:class:`ContainerEvents`).
+(:class:`ContainerEvents`, which an orchestrator on docker's ``/events`` reuses with a
+translation of its own: swarm).
 """
 
 from __future__ import annotations
@@ -138,23 +139,40 @@ def event_of(message: Mapping[str, Any]) -> WorkloadEvent | None:
     connector = attributes.get(LABEL_CONNECTOR)
     # "exec_start: sh -c ...", "health_status: healthy": the word before the colon
     word = action.split(":", 1)[0].strip()
-    stamp = message.get("timeNano")
-    when = int(stamp) / 1e9 if isinstance(stamp, int) else float(message.get("time") or 0)
     return WorkloadEvent(name=str(attributes.get("name") or ""),
                          connector_id=str(connector) if connector else None,
                          kind=EVENT_KINDS.get(word, "other"), action=word,
-                         id=str(message.get("id") or actor.get("ID") or ""), time=when)
+                         id=str(message.get("id") or actor.get("ID") or ""),
+                         time=event_time(message))
+
+
+def event_time(message: Mapping[str, Any]) -> float:
+    """When a message of docker's ``/events`` happened (engine clock, seconds since the epoch)."""
+    stamp = message.get("timeNano")
+    return int(stamp) / 1e9 if isinstance(stamp, int) else float(message.get("time") or 0)
+
+
+def event_bounds(since: float | None, window: float) -> tuple[int, int]:
+    """``(start, until)`` of a stream from ``since`` (``None``: now) for ``window`` seconds, in
+    the whole seconds docker's ``/events`` takes. Always a start: without one, docker and podman
+    replay their whole history."""
+    now = time.time()
+    return math.floor(now if since is None else since), math.ceil(now + window)
 
 
 class ContainerEvents:
     """An :class:`~composer_core.workload.EventStream` over a runtime's raw events: ends at its
     window (``until``) or on :meth:`close`; a stream the engine cut before its window raises
-    RuntimeUnavailable, as a transport error does."""
+    RuntimeUnavailable, as a transport error does. ``translate``: a message as a workload event,
+    ``None`` to skip it (:func:`event_of`: a container engine's)."""
 
     def __init__(self, raw: RawEvents, *, until: float, endpoint: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 translate: Callable[[Mapping[str, Any]], WorkloadEvent | None] = event_of,
+                 ) -> None:
         self.until = until
         self._raw = raw
+        self._translate = translate
         self._endpoint = endpoint
         self._clock = clock
         self._closed = threading.Event()
@@ -166,7 +184,7 @@ class ContainerEvents:
                 if self._closed.is_set():
                     return
                 if isinstance(message, Mapping):
-                    event = event_of(message)
+                    event = self._translate(message)
                     if event is not None:
                         yield event
         except RuntimeUnavailable:
@@ -287,9 +305,7 @@ class ContainerBackend:
         if opener is None:
             raise UsageError(f"{self.name} has no event stream",
                              hint="it is reconciled by passes only")
-        until = math.ceil(time.time() + window)
-        # always a start: without one, docker and podman replay their whole history
-        start = math.floor(time.time() if since is None else since)
+        start, until = event_bounds(since, window)
         raw = opener(dict(labels), start, until)
         return ContainerEvents(raw, until=until, endpoint=self.endpoint)
 

@@ -16,6 +16,10 @@ and the service runs ``repo:tag@sha256:...``, so every node runs the same bits. 
 an update is watched for a few seconds (``opencti.daemon.swarm.wait``), until its task runs or is
 rejected: a task rejected because its node could not pull becomes the same typed error as a pull
 on one host (6/7/10), explained with the workload's credential trace.
+
+Capability ``events``: :meth:`SwarmBackend.events` follows the manager's ``/events`` (service
+events, and the manager's own containers of our tasks: :mod:`.events`), one request per window;
+the first stream of a connection also lists our services once, to know their ids.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from docker.errors import APIError, NotFound
 
 from composer_core import redact
 from composer_core.auth.chain import Resolution
+from composer_core.engine.container_backend import ContainerEvents, event_bounds
 from composer_core.engine.deploy import explain_pull_failure
-from composer_core.engine.labels import LABEL_HASH, LABEL_MANAGER
+from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAGER
 from composer_core.engine.pullerrors import classify_pull_failure, reason_of
 from composer_core.errors import (
     ComposerError,
@@ -46,9 +51,10 @@ from composer_core.errors import (
 )
 from composer_core.settings import Settings
 from composer_core.types import AnyCredentials, PullProgress
-from composer_core.workload import Applied, Observed, Workload, WorkloadState
+from composer_core.workload import EVENT_WINDOW, Applied, Observed, Workload, WorkloadState
 from composer_plugins.docker.daemon import require_insecure_allowed
-from composer_plugins.docker.engine import TRANSPORT_ERRORS
+from composer_plugins.docker.engine import TRANSPORT_ERRORS, DockerEvents
+from composer_plugins.swarm.events import EVENT_TYPES, Known, SwarmEvents
 from composer_plugins.swarm.fingerprint import Fingerprints
 from composer_plugins.swarm.manager import open_manager
 from composer_plugins.swarm.options import SwarmOptions
@@ -108,7 +114,7 @@ class SwarmBackend:
     """A connected swarm manager, holding one service per connector."""
 
     name = "swarm"
-    capabilities = frozenset({"replicas", "digest-pinning", "stored-credentials"})
+    capabilities = frozenset({"replicas", "digest-pinning", "stored-credentials", "events"})
 
     def __init__(self, api: Any, endpoint: str, settings: Settings, options: SwarmOptions,
                  info: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> None:
@@ -123,6 +129,10 @@ class SwarmBackend:
         self.fingerprints = Fingerprints(os.environ if environ is None else environ)
         #: service id -> the fingerprint label it carried when last read (kept out of Observed)
         self._held: dict[str, str | None] = {}
+        #: the services an event stream reports (service id -> name, connector id), and the
+        #: labels they were listed by: kept from one stream to the next
+        self._streamed: Known = {}
+        self._streamed_labels: dict[str, str] | None = None
 
     @classmethod
     def connect(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> SwarmBackend:
@@ -448,6 +458,40 @@ class SwarmBackend:
         version = int((service.get("Version") or {}).get("Index") or 0)
         with self._calls(f"scaling service {spec.get('Name')!r} to {replicas}", service_id):
             self._post("/services/{0}/update", service_id, body=spec, params={"version": version})
+
+    # --- events -----------------------------------------------------------------------------
+
+    def events(self, labels: Mapping[str, str], since: float | None = None,
+               window: float = EVENT_WINDOW) -> ContainerEvents:
+        """The events of the services carrying ``labels`` (capability ``events``), from ``since``
+        (whole seconds; ``None``: from now) until ``window`` seconds from now: ONE request held
+        open (``GET /events``, types service and container), plus, on the first stream of this
+        connection (or for other labels), one list of the services carrying ``labels``, to know
+        their ids (docs/swarm.md, "Events")."""
+        wanted = dict(labels)
+        start, until = event_bounds(since, window)
+        if self._streamed_labels != wanted:
+            with self._calls("listing services"):
+                listed = self._services(wanted)
+            self._streamed.clear()
+            for service in listed:
+                spec = service.get("Spec") or {}
+                self._streamed[str(service["ID"])] = (str(spec.get("Name") or ""),
+                                                     (spec.get("Labels") or {}).get(LABEL_CONNECTOR))
+            self._streamed_labels = wanted
+        with self._calls("opening the event stream"):
+            raw = self.api.events(since=start, until=until, decode=True,
+                                  filters={"type": list(EVENT_TYPES)})
+        return ContainerEvents(DockerEvents(raw, self.endpoint), until=until,
+                               endpoint=self.endpoint,
+                               translate=SwarmEvents(wanted, self._streamed, self._inspected))
+
+    def _inspected(self, service_id: str) -> Mapping[str, Any] | None:
+        """A service just created, as an event names it; ``None`` when it is gone already."""
+        try:
+            return self._inspect(service_id)
+        except ContainerNotFound:
+            return None
 
     # --- start, stop, remove, logs ----------------------------------------------------------
 
