@@ -527,6 +527,7 @@ def test_the_rbac_manifest_grants_exactly_the_verbs_sent(standin: StandIn,
     backend.rollout_timeout = 1
     backend.apply(contract_workload(env, "conn-a", credentials=Anonymous), observed)
     (observed,) = backend.observe({LABEL_MANAGER: env.manager})
+    list(backend.events({LABEL_MANAGER: env.manager}, None, 2))  # `run`: a window of watches
     backend.logs(observed, 3)
     backend.set_state(observed, "stopped")
     backend.remove(observed)
