@@ -316,6 +316,29 @@ def test_410_expired_is_runtime_unavailable_and_the_next_window_lists_again(
     assert len(listed(standin)) == lists + 2
 
 
+def test_bookmarks_keep_a_quiet_window_resumable_past_a_compaction(
+        standin: StandIn, backend: KubernetesBackend) -> None:
+    """Nothing of ours changes during a window while others' objects do: the bookmark before
+    the watches' timeout carries the version on, so the next window resumes, though the history
+    was compacted after the window."""
+    env, labels = deployed(standin, backend, "ev-q")
+    first = Reader(backend, labels, None, 3)
+    wait_for(lambda: standin.watching == 2, BOUND, "both watches open")
+    standin.create("deployments", NS, deployment("other", {"team": "b"}))  # not ours
+    first.end()
+    assert first.error is None and first.seen == []
+    standin.compact()
+    second = Reader(backend, labels, first.stream.until, 30)
+    try:
+        wait_for(lambda: standin.watching == 2, BOUND, "both watches open again")
+        standin.scale(NS, "ev-q", 0)
+        wait_for(lambda: "stopped" in second.kinds("ev-q"), BOUND, "the change")
+    finally:
+        second.stream.close()
+        second.end()
+    assert second.error is None and "expired" not in standin.watch_ends
+
+
 def test_close_from_another_thread_ends_both_watches_at_once(standin: StandIn,
                                                              backend: KubernetesBackend) -> None:
     env = env_of(standin)
