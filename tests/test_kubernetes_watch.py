@@ -214,6 +214,17 @@ class Reader:
         self.thread.join(BOUND)
         assert not self.thread.is_alive()
 
+    def expect(self, standin: StandIn, change: Callable[[], Any], name: str, kind: str) -> None:
+        """Once both watches are open, ``change``; then wait for the event ``kind`` of ``name``
+        and close the window."""
+        try:
+            wait_for(lambda: standin.watching == 2, BOUND, "both watches open")
+            change()
+            wait_for(lambda: kind in self.kinds(name), BOUND, f"{kind} of {name}")
+        finally:
+            self.stream.close()
+            self.end()
+
 
 def test_events_say_what_happened_to_our_deployments_and_pods(standin: StandIn,
                                                               backend: KubernetesBackend) -> None:
@@ -237,14 +248,17 @@ def test_events_say_what_happened_to_our_deployments_and_pods(standin: StandIn,
         standin.create("deployments", NS, deployment("stranger", {LABEL_CONNECTOR: "ev-new"}))
         standin.delete("deployments", NS, "stranger")
         standin.delete("deployments", NS, "ev-new")
-        wait_for(lambda: "removed" in reader.kinds("ev-new"), BOUND, "the removal streamed")
+        wait_for(lambda: "removed" in reader.kinds("ev-new") and len(reader.kinds("ev-crash"))
+                 == 5 and len(reader.kinds("ev-scaled")) == 2, BOUND, "all of it streamed")
     finally:
         reader.stream.close()
         reader.end()
     assert reader.error is None
     # the two watches are two streams: their events interleave in no given order
     assert {"created", "started", "removed"} <= set(reader.kinds("ev-new"))
-    assert reader.kinds("ev-scaled") == ["stopped", "other"]  # scaled to 0; its pod deleted
+    # scaled to 0 (the Deployment's watch); its pod deleted (the pods')
+    assert sorted(reader.kinds("ev-scaled")) == ["other", "stopped"]
+    # one watch: in order
     assert reader.kinds("ev-crash") == ["died", "started", "died", "started", "failed"]
     assert [e.action for e in reader.seen if e.name == "ev-crash"][0] == "pod CrashLoopBackOff"
     assert {e.connector_id for e in reader.seen} == {"ev-new", "ev-scaled", "ev-crash"}
@@ -263,11 +277,7 @@ def test_a_window_resumes_from_the_last_version_without_listing(standin: StandIn
     lists = len(listed(standin))
     standin.scale(NS, "ev-a", 0)  # while no window is open
     second = Reader(backend, labels, first.stream.until, 30)
-    try:
-        wait_for(lambda: "stopped" in second.kinds("ev-a"), BOUND, "the change between windows")
-    finally:
-        second.stream.close()
-        second.end()
+    second.expect(standin, lambda: None, "ev-a", "stopped")  # the change between windows
     assert len(listed(standin)) == lists
     watches = [r for r in standin.requests if r.query.get("watch") == "true"]
     assert {r.path for r in watches} == {f"/apis/apps/v1/namespaces/{NS}/deployments",
@@ -306,13 +316,7 @@ def test_410_expired_is_runtime_unavailable_and_the_next_window_lists_again(
     assert "410 Expired" in second.error.message and "listing again" in second.error.message
     lists = len(listed(standin))
     third = Reader(backend, labels, first.stream.until, 30)  # the same instance: a fresh list
-    try:
-        wait_for(lambda: standin.watching == 2, BOUND, "watching again")
-        standin.scale(NS, "ev-c", 0)
-        wait_for(lambda: "stopped" in third.kinds("ev-c"), BOUND, "events again")
-    finally:
-        third.stream.close()
-        third.end()
+    third.expect(standin, lambda: standin.scale(NS, "ev-c", 0), "ev-c", "stopped")
     assert len(listed(standin)) == lists + 2
 
 
@@ -321,7 +325,7 @@ def test_bookmarks_keep_a_quiet_window_resumable_past_a_compaction(
     """Nothing of ours changes during a window while others' objects do: the bookmark before
     the watches' timeout carries the version on, so the next window resumes, though the history
     was compacted after the window."""
-    env, labels = deployed(standin, backend, "ev-q")
+    _, labels = deployed(standin, backend, "ev-q")
     first = Reader(backend, labels, None, 3)
     wait_for(lambda: standin.watching == 2, BOUND, "both watches open")
     standin.create("deployments", NS, deployment("other", {"team": "b"}))  # not ours
@@ -329,13 +333,7 @@ def test_bookmarks_keep_a_quiet_window_resumable_past_a_compaction(
     assert first.error is None and first.seen == []
     standin.compact()
     second = Reader(backend, labels, first.stream.until, 30)
-    try:
-        wait_for(lambda: standin.watching == 2, BOUND, "both watches open again")
-        standin.scale(NS, "ev-q", 0)
-        wait_for(lambda: "stopped" in second.kinds("ev-q"), BOUND, "the change")
-    finally:
-        second.stream.close()
-        second.end()
+    second.expect(standin, lambda: standin.scale(NS, "ev-q", 0), "ev-q", "stopped")
     assert second.error is None and "expired" not in standin.watch_ends
 
 
