@@ -29,7 +29,8 @@ else:
   ``{"type", "object"}`` per line in HTTP chunks; without one (or ``0``) it first sends an
   ``ADDED`` for every object that exists; by ``labelSelector`` (``k=v,k2=v2``), an object
   modified into the selector arrives as ``ADDED`` and out of it as ``DELETED``; a
-  ``resourceVersion`` older than the history (or a watcher that fell that far behind) gets one
+  ``resourceVersion`` older than the history (here also a watcher that fell that far behind: a
+real server closes such a watch, and the client's next one is expired) gets one
   ``ERROR`` event carrying the ``410 Expired`` Status ("too old resource version") and the end of
   the stream, as a real API server sends it; ``allowWatchBookmarks=true``: a ``BOOKMARK``
   (``metadata.resourceVersion`` only) every :attr:`StandIn.bookmark_seconds` and just before the
@@ -121,6 +122,17 @@ def crash_loop(restarts: int, reason: str = "Error", exit_code: int = 1) -> dict
     return waiting("CrashLoopBackOff", "back-off 5m0s restarting failed container",
                    phase="Running", restarts=restarts,
                    last={"reason": reason, "exitCode": exit_code, "finishedAt": _now()})
+
+
+def terminated(restarts: int, reason: str = "Error", exit_code: int = 1) -> dict[str, Any]:
+    """The container has just exited; the kubelet restarts it (restartPolicy Always), the pod
+    stays Running."""
+    return {"phase": "Running", "conditions": [{"type": "Ready", "status": "False",
+                                                "reason": "ContainersNotReady"}],
+            "containerStatuses": [{"name": "connector", "ready": False, "restartCount": restarts,
+                                   "state": {"terminated": {"reason": reason,
+                                                            "exitCode": exit_code,
+                                                            "finishedAt": _now()}}}]}
 
 
 def run_all(pod: dict[str, Any], secrets_: Mapping[str, dict[str, Any]]) -> tuple[dict[str, Any],

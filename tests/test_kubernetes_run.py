@@ -91,8 +91,10 @@ def test_run_follows_the_watches_of_its_deployments_and_pods(tmp_path: Path) -> 
             # whose reconcile observes it `restarting` and acts on nothing; the third within
             # a minute holds its events back
             name = crash_pod["metadata"]["name"]
-            for restarts in (1, 2, 3):
-                standin.set_pod_status(NS, name, k8s_standin.crash_loop(restarts))
+            for restarts in (1, 2, 3):  # just exited (the first restart is at once), then
+                # in back-off
+                standin.set_pod_status(NS, name, k8s_standin.terminated(restarts) if restarts == 1
+                                       else k8s_standin.crash_loop(restarts))
                 wait_for(lambda n=restarts: passes("event") == events + n, BOUND,
                          f"death {restarts} reconciled")
                 standin.set_pod_status(NS, name, k8s_standin.running(restarts))

@@ -352,6 +352,11 @@ def test_state_comes_from_the_pod_as_the_test_drives_it(standin: StandIn,
         assert observed.detail == ("CrashLoopBackOff (restarted 7 times, last exit OOMKilled, "
                                    "code 137)")
         assert (observed.replicas_wanted, observed.replicas_running) == (1, 0)
+        # between two back-offs: it has just exited, the kubelet restarts it
+        standin.set_pod_status(NS, name, k8s_standin.terminated(8, "Error", 2))
+        observed = seen()
+        assert observed.state == "restarting" and observed.restart_count == 8
+        assert observed.detail == "Terminated (Error, code 2, restarted 8 times)"
     finally:
         backend.close()
 

@@ -100,6 +100,14 @@ def _pod_state(pod: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
         return "restarting", _said(reason, f"restarted {container.get('restartCount', 0)} times, "
                                    f"last exit {last.get('reason') or 'unknown'}"
                                    + (f", code {code}" if code is not None else "")), container
+    ended = state.get("terminated")
+    if ended is not None and status.get("phase") not in ("Succeeded", "Failed"):
+        # it exited and the kubelet restarts it (restartPolicy Always), as in a crash loop
+        code = ended.get("exitCode")
+        return "restarting", _said("Terminated", f"{ended.get('reason') or 'exited'}"
+                                   + (f", code {code}" if code is not None else "")
+                                   + f", restarted {container.get('restartCount', 0)} times"
+                                   ), container
     if status.get("phase") == "Running" and state.get("running") and container.get("ready"):
         return "started", f"running on {pod.get('spec', {}).get('nodeName') or '?'}", container
     if status.get("phase") in ("Succeeded", "Failed"):
