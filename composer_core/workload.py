@@ -275,9 +275,12 @@ class Backend(Protocol):
     #     """The events of the workloads carrying all ``labels``, from ``since`` (engine time,
     #     seconds; ``None``: from now) for ``window`` seconds at most: an :class:`EventStream`.
     #     ONE request, held open for the window (the engine ends it then): a steady fleet costs
-    #     one request per window. Only events of labelled workloads are reported, each once
-    #     (replayed from ``since`` on a new stream). Raises RuntimeUnavailable when the engine
-    #     does not answer."""
+    #     one request per window (kubernetes: two, a watch of Deployments and one of Pods). Only
+    #     events of labelled workloads are reported, each once (replayed from ``since`` on a new
+    #     stream; a backend that resumes by version rather than time, kubernetes, resumes where
+    #     the same instance's last window ended, and otherwise reports from now: the caller runs
+    #     a full pass after a reconnect). Raises RuntimeUnavailable when the engine does not
+    #     answer."""
 
 
 #: how long one event stream stays open before the next one is asked (seconds)

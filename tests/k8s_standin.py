@@ -16,20 +16,40 @@ else:
 * a Deployment's ``spec.selector`` is immutable (422 Invalid, cause ``spec.selector``) and must
   match its template's labels (422);
 * ``v1`` Pods: made by a tiny Deployment controller, synchronously on every Deployment write
-  (replicas 0/1; a changed template replaces the pod at once: no rolling update, no scheduling),
-  listed by ``labelSelector`` and watched (``watch=true`` from a ``resourceVersion``, chunked
-  ``ADDED`` / ``MODIFIED`` / ``DELETED`` events until ``timeoutSeconds``); their status is what
-  the TEST says: a ``kubelet`` callback decides
-  the status of each new pod (and its output lines) from the pod and the namespace's Secrets, and
-  :meth:`StandIn.set_pod_status` changes it later (pending -> ErrImagePull -> ImagePullBackOff,
-  running, CrashLoopBackOff); the status builders below write what a kubelet writes;
+  (replicas 0/1; a changed template replaces the pod at once: no ReplicaSet, no rolling update,
+  no scheduling; the controller writes the Deployment's ``status`` as a change of its own); their
+  status is what the TEST says: a ``kubelet`` callback decides the status of each new pod (and
+  its output lines) from the pod and the namespace's Secrets, and :meth:`StandIn.set_pod_status`
+  changes it later (pending -> ErrImagePull -> ImagePullBackOff, running, CrashLoopBackOff); the
+  status builders below write what a kubelet writes;
+* watches (``watch=true``) of Deployments, Pods and Secrets, as the API conventions describe
+  them ("Efficient detection of changes"): every write gets the next ``resourceVersion`` and is
+  kept in a BOUNDED history (:data:`HISTORY` changes; :meth:`StandIn.compact` drops it all, as an
+  etcd compaction does); a watch from a ``resourceVersion`` streams the changes after it, one JSON
+  ``{"type", "object"}`` per line in HTTP chunks; without one (or ``0``) it first sends an
+  ``ADDED`` for every object that exists; by ``labelSelector`` (``k=v,k2=v2``), an object
+  modified into the selector arrives as ``ADDED`` and out of it as ``DELETED``; a
+  ``resourceVersion`` older than the history (here also a watcher that fell that far behind: a
+real server closes such a watch, and the client's next one is expired) gets one
+  ``ERROR`` event carrying the ``410 Expired`` Status ("too old resource version") and the end of
+  the stream, as a real API server sends it; ``allowWatchBookmarks=true``: a ``BOOKMARK``
+  (``metadata.resourceVersion`` only) every :attr:`StandIn.bookmark_seconds` and just before the
+  watch ends at ``timeoutSeconds`` (which it honours; without it, :data:`DEFAULT_WATCH_SECONDS`);
+  :meth:`StandIn.end_watches` ends every open watch at once, cleanly (the terminating chunk, as a
+  graceful restart does) or cut (the connection dropped mid-stream, as a crash does);
 * ``pods/{name}/log`` with ``tailLines`` (and ``container``);
 * a bearer token is required (401 without it).
+
+Left out: field selectors, set-based label selectors (``in``, ``!=``, ``exists``),
+``sendInitialEvents`` / streaming lists, ``resourceVersionMatch``, a ``resourceVersion`` from
+the future (a real server waits, then answers 504), the per-type watch cache (one history serves
+every resource here), ReplicaSets, and events of the ``events.k8s.io`` kind.
 
 Every request is recorded (:attr:`StandIn.requests`) so that tests assert what the backend sends:
 paths, verbs, content types, ``fieldManager``, ``force``, bodies. What it proves is what we send
 and how we react to these answers; not that a kubelet pulls with our Secret, nor scheduling,
-admission, defaulting, watch semantics or RBAC.
+admission, defaulting, RBAC, or the timing of a real server's watches (when it sends bookmarks,
+how long it keeps its history).
 """
 
 from __future__ import annotations
@@ -38,8 +58,11 @@ import copy
 import hashlib
 import json
 import secrets
+import select
+import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +77,16 @@ Kubelet = Callable[[dict[str, Any], Mapping[str, dict[str, Any]]], tuple[dict[st
 
 _KINDS = {("apps/v1", "deployments"): "Deployment", ("v1", "secrets"): "Secret",
           ("v1", "pods"): "Pod"}
+#: how many changes the stand-in keeps for watches (a real API server: about five minutes' worth)
+HISTORY = 1000
+#: seconds between two BOOKMARK events of a watch that asked for them (a real one: about a minute)
+BOOKMARK_SECONDS = 60.0
+#: a watch without ``timeoutSeconds`` lasts this long (a real one: 30 to 60 minutes); at most
+#: MAX_WATCH_SECONDS either way
+DEFAULT_WATCH_SECONDS = 1800.0
+MAX_WATCH_SECONDS = 3600.0
+#: how long a watch waits for a change before it looks at its deadline, bookmarks and ends again
+_WATCH_TICK = 0.25
 
 
 # --- what a kubelet writes ------------------------------------------------------------------------
@@ -89,6 +122,17 @@ def crash_loop(restarts: int, reason: str = "Error", exit_code: int = 1) -> dict
     return waiting("CrashLoopBackOff", "back-off 5m0s restarting failed container",
                    phase="Running", restarts=restarts,
                    last={"reason": reason, "exitCode": exit_code, "finishedAt": _now()})
+
+
+def terminated(restarts: int, reason: str = "Error", exit_code: int = 1) -> dict[str, Any]:
+    """The container has just exited; the kubelet restarts it (restartPolicy Always), the pod
+    stays Running."""
+    return {"phase": "Running", "conditions": [{"type": "Ready", "status": "False",
+                                                "reason": "ContainersNotReady"}],
+            "containerStatuses": [{"name": "connector", "ready": False, "restartCount": restarts,
+                                   "state": {"terminated": {"reason": reason,
+                                                            "exitCode": exit_code,
+                                                            "finishedAt": _now()}}}]}
 
 
 def run_all(pod: dict[str, Any], secrets_: Mapping[str, dict[str, Any]]) -> tuple[dict[str, Any],
@@ -244,6 +288,40 @@ class Request:
     authorization: str | None
 
 
+@dataclass(frozen=True)
+class Change:
+    """One write, as watches see it: the object after it (``DELETED``: as it was, with the
+    deletion's ``resourceVersion``) and its labels before (``None``: it did not exist)."""
+
+    version: int
+    type: str
+    group: str
+    resource: str
+    obj: dict[str, Any]
+    labels_before: dict[str, str] | None
+
+
+def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
+
+
+def _label_selector(query: Mapping[str, str]) -> dict[str, str]:
+    """``labelSelector`` ``k=v,k2=v2`` (equality only; a set-based selector is refused)."""
+    text = query.get("labelSelector") or ""
+    wanted = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key.endswith("!") or " " in item or value.startswith("="):
+            raise Refused(400, "BadRequest", f"the stand-in takes only equality label selectors "
+                                             f"(k=v), not {item!r}")
+        wanted[key] = value
+    return wanted
+
+
+def _matches(labels: Mapping[str, str] | None, wanted: Mapping[str, str]) -> bool:
+    return labels is not None and all(labels.get(k) == v for k, v in wanted.items())
+
+
 @dataclass
 class _Stored:
     obj: dict[str, Any]
@@ -255,7 +333,7 @@ class StandIn:
     """The stand-in API server (see the module's docstring). ``url``: where it listens;
     ``token``: the bearer token it wants; ``kubelet``: decides each new pod's status."""
 
-    def __init__(self, kubelet: Kubelet = run_all) -> None:
+    def __init__(self, kubelet: Kubelet = run_all, *, history: int = HISTORY) -> None:
         self.token = secrets.token_hex(16)
         self.kubelet = kubelet
         self.requests: list[Request] = []
@@ -268,8 +346,17 @@ class StandIn:
         self._version = 100
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        #: every pod change, for watches: (resourceVersion, ADDED / MODIFIED / DELETED, pod)
-        self.pod_events: list[tuple[int, str, dict[str, Any]]] = []
+        #: the last changes, for watches (bounded: older ones are compacted away)
+        self.history: deque[Change] = deque(maxlen=max(1, history))
+        #: the newest resourceVersion no longer in :attr:`history` (a watch from before: 410)
+        self.compacted = 0
+        self.bookmark_seconds = BOOKMARK_SECONDS
+        #: watches open now, and how each ended so far (``timeout``, ``expired``, ``ended``,
+        #: ``cut``, ``gone``: the client left)
+        self.watching = 0
+        self.watch_ends: list[str] = []
+        self._watch_epoch = 0
+        self._cut = False
         standin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -290,6 +377,7 @@ class StandIn:
         self._thread.start()
 
     def close(self) -> None:
+        self.end_watches(clean=False)
         self.server.shutdown()
         self.server.server_close()
 
@@ -323,7 +411,7 @@ class StandIn:
             stored = self.store[("v1", "pods", namespace, pod)]
             stored.obj["status"] = copy.deepcopy(status)
             self._bump(stored.obj)
-            self._pod_event("MODIFIED", stored.obj)
+            self._record("MODIFIED", "pods", stored.obj, _labels(stored.obj))
             owner = stored.obj["metadata"]["labels"]["xtm-standin/deployment"]
             dep = self.store.get(("apps/v1", "deployments", namespace, owner))
             if dep is not None:
@@ -332,7 +420,38 @@ class StandIn:
     def touch(self, resource: str, namespace: str, name: str) -> None:
         """Another writer changed the object (its resourceVersion moves on)."""
         with self._lock:
-            self._bump(self.store[(_group(resource), resource, namespace, name)].obj)
+            obj = self.store[(_group(resource), resource, namespace, name)].obj
+            self._bump(obj)
+            self._record("MODIFIED", resource, obj, _labels(obj))
+
+    def compact(self) -> None:
+        """Forget every change so far, as an etcd compaction does: a watch from an older
+        ``resourceVersion`` gets 410 Expired."""
+        with self._lock:
+            self.compacted = self._version
+            self.history.clear()
+
+    def end_watches(self, *, clean: bool = True) -> None:
+        """End every open watch now: ``clean``, with the stream's terminating chunk (a graceful
+        restart of the API server); else cut mid-stream (the server went away)."""
+        with self._lock:
+            self._watch_epoch += 1
+            self._cut = not clean
+            self._changed.notify_all()
+
+    def scale(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        """``kubectl scale`` behind the backend's back (a merge patch of another manager)."""
+        with self._lock:
+            existing = self._stored("apps/v1", "deployments", namespace, name)
+            patch = {"spec": {"replicas": replicas}}
+            return self._write("deployments", namespace, name, None, patch,
+                               lambda cur: merge_patch(cur, patch), "kubectl", "Update",
+                               force=True, existing=existing)
+
+    def delete(self, resource: str, namespace: str, name: str) -> None:
+        """``kubectl delete`` behind the backend's back."""
+        with self._lock:
+            self._delete(_group(resource), resource, namespace, name, {})
 
     def create(self, resource: str, namespace: str, obj: dict[str, Any],
                manager: str = "kubectl-create") -> dict[str, Any]:
@@ -386,57 +505,141 @@ class StandIn:
         handler.end_headers()
         handler.wfile.write(data)
 
-    def _watch(self, handler: BaseHTTPRequestHandler, request: Request) -> None:
-        """A watch of pods by label selector from ``resourceVersion``: one JSON event per line
-        (``{"type", "object"}``), chunked as a real API server streams it, until
-        ``timeoutSeconds`` (at most 30) pass."""
-        parts = request.path.strip("/").split("/")
-        if parts[:2] != ["api", "v1"] or len(parts) != 5 or parts[4] != "pods":
-            raise Refused(405, "MethodNotAllowed", "the stand-in watches only pods")
-        namespace = parts[3]
-        wanted = dict(item.split("=", 1) for item in (request.query.get("labelSelector") or "")
-                      .split(",") if item)
-        since = int(request.query.get("resourceVersion") or 0)
-        deadline = time.monotonic() + min(float(request.query.get("timeoutSeconds") or 30), 30)
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Transfer-Encoding", "chunked")
-        handler.end_headers()
-
-        def chunk(data: bytes) -> None:
-            handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-
-        for _ in range(10_000):  # bounded: a watch ends at its deadline anyway
-            with self._lock:
-                fresh = [(v, kind, pod) for v, kind, pod in self.pod_events if v > since
-                         and pod["metadata"]["namespace"] == namespace
-                         and all(pod["metadata"].get("labels", {}).get(k) == val
-                                 for k, val in wanted.items())]
-                since = max([since, *[v for v, _, _ in self.pod_events]])
-                remaining = deadline - time.monotonic()
-                if not fresh and remaining > 0:
-                    self._changed.wait(min(remaining, 0.5))
-            try:
-                for _, kind, pod in fresh:
-                    chunk(json.dumps({"type": kind, "object": pod}).encode() + b"\n")
-                if remaining <= 0:
-                    handler.wfile.write(b"0\r\n\r\n")
-                handler.wfile.flush()
-            except OSError:  # the client went away
-                return
-            if remaining <= 0:
-                return
-
-    def _route(self, request: Request) -> tuple[int, Any]:
-        parts = [unquote(p) for p in request.path.strip("/").split("/")]
+    @staticmethod
+    def _parts(path: str) -> tuple[str, list[str]]:
+        """(group, what follows ``/api/v1`` or ``/apis/apps/v1``) of a namespaced resource's
+        path (``namespaces``, NS, resource[, name[, subresource]]); 404 otherwise."""
+        parts = [unquote(p) for p in path.strip("/").split("/")]
         if parts[:2] == ["api", "v1"]:
             group, rest = "v1", parts[2:]
         elif parts[:3] == ["apis", "apps", "v1"]:
             group, rest = "apps/v1", parts[3:]
         else:
-            raise Refused(404, "NotFound", f"the server could not find {request.path}")
+            raise Refused(404, "NotFound", f"the server could not find {path}")
         if len(rest) < 3 or rest[0] != "namespaces" or (group, rest[2]) not in _KINDS:
-            raise Refused(404, "NotFound", f"the server could not find {request.path}")
+            raise Refused(404, "NotFound", f"the server could not find {path}")
+        return group, rest
+
+    def _collection(self, path: str) -> tuple[str, str, str]:
+        """(group, resource, namespace) of a namespaced collection path; 404 otherwise."""
+        group, rest = self._parts(path)
+        if len(rest) != 3:
+            raise Refused(405, "MethodNotAllowed", "the stand-in watches collections only")
+        return group, rest[2], rest[1]
+
+    @staticmethod
+    def _seen_as(change: Change, wanted: Mapping[str, str]) -> str | None:
+        """How a watch by ``wanted`` sees ``change``: its type, ADDED / DELETED when the object
+        moved into / out of the selector, ``None`` when it never matched."""
+        now = _matches(_labels(change.obj), wanted)
+        before = _matches(change.labels_before, wanted)
+        if change.type == "MODIFIED":
+            return ("MODIFIED" if before else "ADDED") if now else ("DELETED" if before else None)
+        return change.type if now else None
+
+    def _watch(self, handler: BaseHTTPRequestHandler, request: Request) -> None:
+        """A watch of one namespaced collection (see the module's docstring): chunked JSON
+        lines until ``timeoutSeconds``, :meth:`end_watches`, or a 410 Expired ERROR event."""
+        group, resource, namespace = self._collection(request.path)
+        wanted = _label_selector(request.query)
+        raw = request.query.get("resourceVersion") or ""
+        seconds = request.query.get("timeoutSeconds")
+        try:
+            timeout = min(float(seconds) if seconds else DEFAULT_WATCH_SECONDS,
+                          MAX_WATCH_SECONDS)
+            since = int(raw) if raw else 0
+        except ValueError:
+            raise Refused(400, "BadRequest", f"invalid resourceVersion {raw!r} or timeoutSeconds "
+                                             f"{seconds!r}") from None
+        bookmarks = request.query.get("allowWatchBookmarks") == "true"
+        kind = _KINDS[(group, resource)]
+        with self._lock:
+            initial: list[dict[str, Any]] = []
+            if since == 0:  # no resourceVersion (or 0): the objects as they are, then changes
+                initial = [{"type": "ADDED", "object": copy.deepcopy(o)}
+                           for o in self._matching(group, resource, namespace, wanted)]
+                since = self._version
+            epoch = self._watch_epoch
+            self.watching += 1
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        try:
+            self.watch_ends.append(self._stream_changes(
+                handler, group, resource, namespace, wanted, since, initial,
+                deadline=time.monotonic() + timeout, bookmarks=bookmarks, kind=kind,
+                epoch=epoch))
+        finally:
+            with self._lock:
+                self.watching -= 1
+
+    def _stream_changes(self, handler: BaseHTTPRequestHandler, group: str, resource: str,
+                        namespace: str, wanted: Mapping[str, str], since: int,
+                        pending: list[dict[str, Any]], *, deadline: float, bookmarks: bool,
+                        kind: str, epoch: int) -> str:
+        """Write the watch's events; how it ended."""
+        def chunk(event: Mapping[str, Any]) -> None:
+            data = json.dumps(event).encode() + b"\n"
+            handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+        def bookmark(version: int) -> dict[str, Any]:
+            return {"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": group,
+                                                   "metadata": {"resourceVersion": str(version)}}}
+
+        next_bookmark = time.monotonic() + self.bookmark_seconds
+        end = ""
+        # bounded in count as in time: each turn waits a tick unless a change woke it
+        for _ in range(int(MAX_WATCH_SECONDS / _WATCH_TICK) * 100):
+            if _client_left(handler):  # as a real server ends the watch of a closed connection
+                handler.close_connection = True
+                return "gone"
+            with self._lock:
+                if since < self.compacted:  # asked from too long ago, or fell that far behind
+                    pending.append({"type": "ERROR", "object": {
+                        "kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "Expired", "code": 410,
+                        "message": f"too old resource version: {since} ({self.compacted + 1})"}})
+                    end = "expired"
+                else:
+                    for change in self.history:
+                        seen = self._seen_as(change, wanted) if change.version > since and (
+                            change.group, change.resource) == (group, resource) and change.obj[
+                            "metadata"].get("namespace") == namespace else None
+                        if seen is not None:
+                            pending.append({"type": seen, "object": copy.deepcopy(change.obj)})
+                    since = max(since, self._version)
+                now = time.monotonic()
+                if not end and self._watch_epoch != epoch:
+                    end = "cut" if self._cut else "ended"
+                elif not end and now >= deadline:
+                    end = "timeout"
+                if bookmarks and end in ("", "timeout") and (end or now >= next_bookmark):
+                    pending.append(bookmark(since))  # a timeout is preceded by one
+                    next_bookmark = now + self.bookmark_seconds
+                if not pending and not end:
+                    wake = min(deadline, next_bookmark) if bookmarks else deadline
+                    self._changed.wait(max(0.0, min(wake - now, _WATCH_TICK)))
+                    continue
+            try:
+                if end == "cut":
+                    handler.close_connection = True
+                    return end  # no terminating chunk: the client sees the stream break
+                for event in pending:
+                    chunk(event)
+                pending = []
+                if end:
+                    handler.wfile.write(b"0\r\n\r\n")
+                handler.wfile.flush()
+            except OSError:  # the client went away
+                handler.close_connection = True
+                return "gone"
+            if end:
+                return end
+        return "timeout"  # pragma: no cover - the deadline comes first
+
+    def _route(self, request: Request) -> tuple[int, Any]:
+        group, rest = self._parts(request.path)
         namespace, resource = rest[1], rest[2]
         name = rest[3] if len(rest) > 3 else None
         sub = rest[4] if len(rest) > 4 else None
@@ -465,6 +668,11 @@ class StandIn:
         raise Refused(405, "MethodNotAllowed", f"{request.method} {resource} is not implemented "
                                                "by the stand-in")
 
+    def _matching(self, group: str, resource: str, namespace: str,
+                  wanted: Mapping[str, str]) -> list[dict[str, Any]]:
+        return [s.obj for (g, r, ns, _), s in sorted(self.store.items())
+                if (g, r, ns) == (group, resource, namespace) and _matches(_labels(s.obj), wanted)]
+
     def _stored(self, group: str, resource: str, namespace: str, name: str) -> _Stored:
         found = self.store.get((group, resource, namespace, name))
         if found is None:
@@ -473,12 +681,7 @@ class StandIn:
 
     def _list(self, group: str, resource: str, namespace: str,
               query: Mapping[str, str]) -> dict[str, Any]:
-        wanted = dict(item.split("=", 1) for item in (query.get("labelSelector") or "").split(",")
-                      if item)
-        items = [s.obj for (g, r, ns, _), s in sorted(self.store.items())
-                 if (g, r, ns) == (group, resource, namespace)
-                 and all(s.obj["metadata"].get("labels", {}).get(k) == v
-                         for k, v in wanted.items())]
+        items = self._matching(group, resource, namespace, _label_selector(query))
         return {"kind": _KINDS[(group, resource)] + "List", "apiVersion": group,
                 "metadata": {"resourceVersion": str(self._version)},
                 "items": copy.deepcopy(items)}
@@ -583,6 +786,8 @@ class StandIn:
             return copy.deepcopy(stored.obj)  # type: ignore[union-attr]
         self._bump(new)
         self.store[key] = _Stored(new, managers)
+        self._record("ADDED" if current is None else "MODIFIED", resource, new,
+                     None if current is None else _labels(current))
         if resource == "deployments":
             self._reconcile(new)
         return copy.deepcopy(self.store[key].obj)
@@ -619,6 +824,7 @@ class StandIn:
             raise Refused(409, "Conflict", f'Operation cannot be fulfilled on {resource} "{name}"'
                           ": Precondition failed")
         del self.store[(group, resource, namespace, name)]
+        self._deleted(resource, stored.obj)
         if resource == "deployments":
             for pod in self.pods_of(namespace, name):
                 self._remove_pod(namespace, pod["metadata"]["name"])
@@ -630,18 +836,27 @@ class StandIn:
         self._version += 1
         obj["metadata"]["resourceVersion"] = str(self._version)
 
-    def _pod_event(self, kind: str, pod: dict[str, Any]) -> None:
-        if kind == "DELETED":
-            self._version += 1
-        version = self._version if kind == "DELETED" else int(pod["metadata"]["resourceVersion"])
-        self.pod_events.append((version, kind, copy.deepcopy(pod)))
+    def _record(self, kind: str, resource: str, obj: Mapping[str, Any],
+                labels_before: dict[str, str] | None) -> None:
+        """A change for the watches; the oldest one kept goes when the history is full."""
+        if len(self.history) == self.history.maxlen:
+            self.compacted = self.history[0].version
+        self.history.append(Change(int(obj["metadata"]["resourceVersion"]), kind,
+                                   _group(resource), resource, copy.deepcopy(dict(obj)),
+                                   labels_before))
         self._changed.notify_all()
+
+    def _deleted(self, resource: str, obj: Mapping[str, Any]) -> None:
+        """A deletion is a write of its own: the object as it was, with a new resourceVersion."""
+        gone = copy.deepcopy(dict(obj))
+        self._bump(gone)
+        self._record("DELETED", resource, gone, _labels(gone))
 
     def _remove_pod(self, namespace: str, name: str) -> None:
         found = self.store.pop(("v1", "pods", namespace, name), None)
         self.logs.pop(name, None)
         if found is not None:
-            self._pod_event("DELETED", found.obj)
+            self._deleted("pods", found.obj)
 
     def _reconcile(self, dep: dict[str, Any]) -> None:
         meta, spec = dep["metadata"], dep["spec"]
@@ -658,7 +873,9 @@ class StandIn:
         for _ in range(wanted - len(current)):
             pod_name = f"{meta['name']}-{template_hash}-{secrets.token_hex(3)}"
             pod = {"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"name": pod_name, "namespace": namespace, "uid": secrets.token_hex(16),
+                   "metadata": {"name": pod_name, "namespace": namespace,
+                                "generateName": f"{meta['name']}-{template_hash}-",
+                                "uid": secrets.token_hex(16),
                                 "creationTimestamp": _now(),
                                 "labels": {**(template.get("metadata") or {}).get("labels", {}),
                                            "pod-template-hash": template_hash,
@@ -675,16 +892,28 @@ class StandIn:
             self.logs[pod_name] = list(lines)
             self._bump(pod)
             self.store[("v1", "pods", namespace, pod_name)] = _Stored(pod)
-            self._pod_event("ADDED", pod)
+            self._record("ADDED", "pods", pod, None)
         self._deployment_status(dep)
 
     def _deployment_status(self, dep: dict[str, Any]) -> None:
         pods = self.pods_of(dep["metadata"]["namespace"], dep["metadata"]["name"])
         ready = sum(1 for p in pods if any(s.get("ready") for s in
                                            p.get("status", {}).get("containerStatuses") or []))
-        dep["status"] = {"observedGeneration": dep["metadata"].get("generation", 1),
-                         "replicas": len(pods), "readyReplicas": ready,
-                         "updatedReplicas": len(pods)}
+        status = {"observedGeneration": dep["metadata"].get("generation", 1),
+                  "replicas": len(pods), "readyReplicas": ready, "updatedReplicas": len(pods)}
+        if dep.get("status") != status:  # the controller's status update: a write of its own
+            dep["status"] = status
+            self._bump(dep)
+            self._record("MODIFIED", "deployments", dep, _labels(dep))
+
+
+def _client_left(handler: BaseHTTPRequestHandler) -> bool:
+    """Whether the client closed its end (a watch's client sends nothing after its request)."""
+    try:
+        readable, _, _ = select.select([handler.connection], [], [], 0)
+        return bool(readable) and handler.connection.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 def _group(resource: str) -> str:

@@ -3,6 +3,8 @@
 * docker and podman, on the real bench (integration): the same suite a third-party backend runs.
 * swarm, on the bench's real three-node swarm (integration): services pulled by the nodes from the
   swarm's private registry, with the credential the workload carries.
+* kubernetes, against tests/k8s_standin.py (a stand-in for the API server, NOT a cluster, marker
+  ``k8s_standin``): tests/test_kubernetes_standin.py::TestKubernetesOnTheStandIn, events included.
 * InMemoryBackend (unit): the kit's own in-memory backend passes the suite it ships with, so the
   fleet and deploy unit tests that use it stand on a backend that keeps the contract.
 """

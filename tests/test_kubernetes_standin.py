@@ -352,6 +352,11 @@ def test_state_comes_from_the_pod_as_the_test_drives_it(standin: StandIn,
         assert observed.detail == ("CrashLoopBackOff (restarted 7 times, last exit OOMKilled, "
                                    "code 137)")
         assert (observed.replicas_wanted, observed.replicas_running) == (1, 0)
+        # between two back-offs: it has just exited, the kubelet restarts it
+        standin.set_pod_status(NS, name, k8s_standin.terminated(8, "Error", 2))
+        observed = seen()
+        assert observed.state == "restarting" and observed.restart_count == 8
+        assert observed.detail == "Terminated (Error, code 2, restarted 8 times)"
     finally:
         backend.close()
 
@@ -527,6 +532,7 @@ def test_the_rbac_manifest_grants_exactly_the_verbs_sent(standin: StandIn,
     backend.rollout_timeout = 1
     backend.apply(contract_workload(env, "conn-a", credentials=Anonymous), observed)
     (observed,) = backend.observe({LABEL_MANAGER: env.manager})
+    list(backend.events({LABEL_MANAGER: env.manager}, None, 2))  # `run`: a window of watches
     backend.logs(observed, 3)
     backend.set_state(observed, "stopped")
     backend.remove(observed)

@@ -18,8 +18,9 @@ and a full pass runs after every reconnect; so does a stream that lags (an event
 :data:`LAG_SECONDS`). A backend without events is reconciled by passes only, said once in the log.
 
 A connector reconciled on events :data:`LOOP_RECONCILES` times within :data:`LOOP_WINDOW_SECONDS`
-restarts in a loop: it is not fought, its event reconciles are held back (doubling, at most one
-schedule) and the resync still covers it; the log says so once per loop.
+(acted on, or observed ``restarting``: the engine restarts it itself) restarts in a loop: it is
+not fought, its event reconciles are held back (doubling, at most one schedule) and the resync
+still covers it; the log says so once per loop.
 
 In a steady state the engine sees the open stream (one request per
 :data:`~composer_core.workload.EVENT_WINDOW`) and the resync pass, nothing else.
@@ -465,7 +466,11 @@ class Runner:
         if result is None:
             return None
         acted = {s.id for s in result.steps if s.action != "nothing"}
-        for connector in sorted(acted):
+        # one the engine restarts itself (a pod in CrashLoopBackOff, docker's restart policy)
+        # needs no action, but its every death is an event: it counts toward the loop as well
+        restarting = {s.id for s in result.steps
+                      if s.container is not None and s.container.state == "restarting"}
+        for connector in sorted(acted | restarting):
             hold = self.guard.reconciled(connector)
             if hold is not None:
                 self.metrics.backoff()

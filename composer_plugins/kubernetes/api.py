@@ -14,7 +14,8 @@ from __future__ import annotations
 import builtins
 import json
 import os
-from collections.abc import Generator, Mapping
+import socket
+from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -165,7 +166,8 @@ class Api:
                                   f"{reason_of(exc)}",
                                   hint="check the kubeconfig's server and the network to it")
 
-    def _refused(self, method: str, path: str, status: int, body: Any) -> Any:
+    def _refused(self, method: str, path: str, status: int, body: Any,
+                 verb: str | None = None) -> Any:
         try:
             answer = json.loads(body) if body else {}
         except (TypeError, ValueError):
@@ -177,8 +179,8 @@ class Api:
                   for c in (answer.get("details") or {}).get("causes") or []
                   if isinstance(c, dict)]
         resource = _resource_of(path)
-        verb = "list" if method == "GET" and path.rstrip("/").endswith(
-            ("/deployments", "/pods", "/secrets")) else _VERBS.get(method, method.lower())
+        verb = verb or ("list" if method == "GET" and path.rstrip("/").endswith(
+            ("/deployments", "/pods", "/secrets")) else _VERBS.get(method, method.lower()))
         if status == 401:
             raise RuntimeUnavailable(
                 f"the Kubernetes API server {self.endpoint} refused our credentials (HTTP 401): "
@@ -225,15 +227,17 @@ class Api:
         return list(answer.get("items") or []), str(
             (answer.get("metadata") or {}).get("resourceVersion") or "")
 
-    def watch(self, group: str, resource: str, labels: Mapping[str, str], version: str,
-              seconds: int) -> Generator[tuple[str, Any], None, None]:
-        """(event type, object) of a watch by label selector from ``version``, for at most
-        ``seconds`` (the server ends the stream; the read timeout is a little longer)."""
+    def open_watch(self, group: str, resource: str, labels: Mapping[str, str], version: str,
+                   seconds: int, *, bookmarks: bool = False) -> WatchStream:
+        """A watch by label selector from ``version`` (a list's or an event's resourceVersion),
+        which the server ends after ``seconds`` (the read timeout is a little longer);
+        ``bookmarks``: ask for BOOKMARK events (``allowWatchBookmarks``). The request is sent
+        now: RuntimeUnavailable when the server does not answer, a typed error when it refuses."""
         from kubernetes.client.exceptions import ApiException
 
         query = [("labelSelector", selector(labels)), ("watch", "true"),
                  ("resourceVersion", version), ("timeoutSeconds", str(max(1, seconds))),
-                 ("allowWatchBookmarks", "false")]
+                 ("allowWatchBookmarks", "true" if bookmarks else "false")]
         path = self.ns_path(group, resource)
         try:
             params = self.client.param_serialize(
@@ -243,30 +247,25 @@ class Api:
                 self.timeout, max(1, seconds) + self.timeout))
         except ApiException as exc:
             if exc.status:
-                self._refused("GET", path, exc.status, exc.body)
+                self._refused("GET", path, exc.status, exc.body, "watch")
             raise self._unavailable(exc) from None
         except Exception as exc:  # noqa: BLE001 - urllib3/socket errors
             raise self._unavailable(exc) from None
         if not 200 <= response.status <= 299:
-            self._refused("GET", path, response.status, response.read())
-        buffer = b""
+            self._refused("GET", path, response.status, response.read(), "watch")
+        return WatchStream(response.response, f"the watch of {resource} on {self.endpoint}")
+
+    def watch(self, group: str, resource: str, labels: Mapping[str, str], version: str,
+              seconds: int) -> Generator[tuple[str, Any], None, None]:
+        """(event type, object) of :meth:`open_watch`; a stream that breaks just ends (the
+        caller, a rollout, lists again)."""
+        stream = self.open_watch(group, resource, labels, version, seconds)
         try:
-            for chunk in response.response.stream(4096, decode_content=True):
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.strip():
-                        event = json.loads(line)
-                        yield str(event.get("type")), event.get("object") or {}
-        except ValueError:
-            return  # a torn line: the caller lists again
-        except Exception as exc:  # noqa: BLE001 - the stream broke: the caller lists again
-            if isinstance(exc, GeneratorExit):
-                raise
+            yield from stream.events()
+        except RuntimeUnavailable:
             return
         finally:
-            # a watch left before its end cannot go back to the pool with unread data
-            response.response.close()
+            stream.close()
 
     def delete(self, group: str, resource: str, name: str, *, uid: str | None = None) -> Any:
         body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions",
@@ -284,6 +283,58 @@ class Api:
         try:
             self.client.close()
         except Exception:  # noqa: BLE001 - closing never fails a command
+            pass
+
+
+class WatchStream:
+    """One open watch: its events from :meth:`events`; :meth:`close` from any thread ends it at
+    once (the socket is shut down, so a read blocked on it returns)."""
+
+    def __init__(self, response: Any, what: str) -> None:
+        self._response = response
+        self._what = what
+        self._closed = False
+
+    def events(self) -> Iterator[tuple[str, Any]]:
+        """(type, object) per line: ``ADDED``, ``MODIFIED``, ``DELETED``, ``BOOKMARK``,
+        ``ERROR`` (the object is a Status). Ends when the server ends the watch (its timeout)
+        or on :meth:`close`; raises RuntimeUnavailable when the stream breaks (the connection
+        dropped, a torn line)."""
+        buffer = b""
+        try:
+            for chunk in self._response.stream(4096, decode_content=True):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        event = json.loads(line)
+                        if not isinstance(event, dict):
+                            raise ValueError("a watch event is an object")
+                        yield str(event.get("type")), event.get("object") or {}
+        except GeneratorExit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - urllib3/socket/JSON errors: the stream broke
+            if self._closed:
+                return
+            raise RuntimeUnavailable(f"{self._what} broke: {reason_of(exc)}",
+                                     hint="the API server went away or restarted") from None
+        finally:
+            # a watch left before its end cannot go back to the pool with unread data
+            self._closed = True
+            self._response.close()
+
+    def close(self) -> None:
+        """End the stream from any thread; idempotent."""
+        self._closed = True
+        shutdown = getattr(self._response, "shutdown", None)  # urllib3 >= 2.3
+        try:
+            if shutdown is not None:
+                shutdown()
+            else:
+                sock = getattr(getattr(self._response, "connection", None), "sock", None)
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, ValueError):  # already closed, or read to its end
             pass
 
 

@@ -13,6 +13,8 @@
   (a concurrent change -> 409 -> read again, at most 3 times).
 * ``remove``: delete with a uid precondition (never a newer Deployment of the same name).
 * ``logs``: the newest pod's last N lines (``tailLines``).
+* ``events`` (capability ``events``): watches of the Deployments and Pods carrying the labels,
+  as workload events (:mod:`composer_plugins.kubernetes.events`).
 """
 
 from __future__ import annotations
@@ -30,10 +32,19 @@ from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_HASH, LABEL_MANAG
 from composer_core.engine.pullerrors import classify_pull_failure
 from composer_core.errors import ComposerError, ContainerError, ContainerNotFound
 from composer_core.types import Anonymous, AnyCredentials, Credentials, PullProgress
-from composer_core.workload import Applied, ApplyAction, Observed, Workload, WorkloadState
-from composer_plugins.kubernetes.api import Api, ApiError
+from composer_core.workload import (
+    EVENT_WINDOW,
+    Applied,
+    ApplyAction,
+    Observed,
+    Workload,
+    WorkloadState,
+)
+from composer_plugins.kubernetes.api import Api, ApiError, selector
+from composer_plugins.kubernetes.events import KubernetesEvents, Resume
 from composer_plugins.kubernetes.objects import (
     LABEL_PULL_SECRET,
+    PULL_FAILURES,
     Options,
     check_name,
     deployment,
@@ -45,7 +56,6 @@ from composer_plugins.kubernetes.objects import (
 )
 
 APPS = "apps/v1"
-PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 #: how often a rollout is looked at, and how many times a conflicting write is retried
 POLL_INTERVAL = 0.2
 CONFLICT_RETRIES = 3
@@ -90,6 +100,14 @@ def _pod_state(pod: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
         return "restarting", _said(reason, f"restarted {container.get('restartCount', 0)} times, "
                                    f"last exit {last.get('reason') or 'unknown'}"
                                    + (f", code {code}" if code is not None else "")), container
+    ended = state.get("terminated")
+    if ended is not None and status.get("phase") not in ("Succeeded", "Failed"):
+        # it exited and the kubelet restarts it (restartPolicy Always), as in a crash loop
+        code = ended.get("exitCode")
+        return "restarting", _said("Terminated", f"{ended.get('reason') or 'exited'}"
+                                   + (f", code {code}" if code is not None else "")
+                                   + f", restarted {container.get('restartCount', 0)} times"
+                                   ), container
     if status.get("phase") == "Running" and state.get("running") and container.get("ready"):
         return "started", f"running on {pod.get('spec', {}).get('nodeName') or '?'}", container
     if status.get("phase") in ("Succeeded", "Failed"):
@@ -109,7 +127,7 @@ class KubernetesBackend:
     """The workload contract on a Kubernetes namespace (see the module's docstring)."""
 
     name = "kubernetes"
-    capabilities = frozenset({"replicas"})
+    capabilities = frozenset({"replicas", "events"})
 
     def __init__(self, api: Api, options: Options, *, rollout_timeout: float = 60.0,
                  poll_interval: float = POLL_INTERVAL) -> None:
@@ -126,6 +144,8 @@ class KubernetesBackend:
         self._lock = threading.Lock()
         #: one writer of Secrets and Deployments at a time (see _write)
         self._writing = threading.RLock()
+        #: label selector -> where the next window of events resumes (kept by this instance)
+        self._resumes: dict[str, Resume] = {}
 
     # --- observe ----------------------------------------------------------------------------
 
@@ -420,6 +440,29 @@ class KubernetesBackend:
         if not mine or tail <= 0:
             return ""
         return self.api.log(str(mine[0]["metadata"]["name"]), tail)
+
+    # --- events -------------------------------------------------------------------------------
+
+    def events(self, labels: Mapping[str, str], since: float | None = None,
+               window: float = EVENT_WINDOW) -> KubernetesEvents:
+        """The events of the Deployments and Pods carrying ``labels`` for ``window`` seconds:
+        two watch requests held open (capability ``events``). ``since`` given: resume where the
+        last window of this instance ended (by ``resourceVersion``, nothing in between is
+        missed); without such a window (``since`` None, a new connection, the last one failed):
+        list both first (two requests) and watch from the lists' versions: from now."""
+        key = selector(labels)
+        resume = None
+        if since is not None:
+            with self._lock:
+                resume = self._resumes.pop(key, None)
+        if resume is None:
+            resume = Resume.listed(self.api, labels)
+
+        def keep(reached: Resume) -> None:
+            with self._lock:
+                self._resumes[key] = reached
+
+        return KubernetesEvents(self.api, labels, resume, until=time.time() + window, keep=keep)
 
     def close(self) -> None:
         self.api.close()

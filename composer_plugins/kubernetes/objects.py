@@ -37,6 +37,8 @@ LABEL_PULL_SECRET = "xtm-composer/pull-secret"
 #: the annotation on a pull Secret naming the registry it is for
 ANNOTATION_REGISTRY = "xtm-composer/registry"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+#: the waiting reasons of a container whose image the kubelet cannot pull
+PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 #: Docker Hub's key in a dockerconfigjson, as ``docker login`` writes it (the kubelet knows it)
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 MASKED = "***"
