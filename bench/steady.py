@@ -150,12 +150,15 @@ class RequestParser:
 class CountingRelay:
     """A unix socket at ``path`` relaying every connection to the engine's socket ``target``
     and counting the HTTP requests sent through it (``GET /containers/json``...: the endpoints
-    of :meth:`bench.apply.HttpCounter.endpoint`). Thread-safe; :meth:`close` ends it all."""
+    of :meth:`bench.apply.HttpCounter.endpoint`), per connection: a connection that sent a
+    ``GET /events`` is the event stream's (its connect's ``/_ping`` included), the others are the
+    passes'. Thread-safe; :meth:`close` ends it all."""
 
     def __init__(self, path: Path, target: str) -> None:
         self.path = path
         self.target = target
-        self.requests: Counter[str] = Counter()
+        #: one counter per connection, in the order they were accepted
+        self.connections: list[Counter[str]] = []
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -175,14 +178,17 @@ class CountingRelay:
             except OSError:
                 client.close()
                 continue
+            counter: Counter[str] = Counter()
             with self._lock:
                 self._conns += [client, upstream]
-            threading.Thread(target=self._pipe, args=(client, upstream, RequestParser()),
-                             daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, None),
+                self.connections.append(counter)
+            threading.Thread(target=self._pipe, args=(client, upstream, RequestParser(),
+                                                      counter), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, None, counter),
                              daemon=True).start()
 
-    def _pipe(self, a: socket.socket, b: socket.socket, parser: RequestParser | None) -> None:
+    def _pipe(self, a: socket.socket, b: socket.socket, parser: RequestParser | None,
+              counter: Counter[str]) -> None:
         for _ in range(100_000_000):
             try:
                 data = a.recv(65536)
@@ -191,7 +197,7 @@ class CountingRelay:
                 if parser is not None:
                     for method, target in parser.feed(data):
                         with self._lock:
-                            self.requests[HttpCounter.endpoint(method, target)] += 1
+                            counter[HttpCounter.endpoint(method, target)] += 1
                 b.sendall(data)
             except (OSError, ValueError):
                 break
@@ -202,8 +208,18 @@ class CountingRelay:
                 pass
 
     def snapshot(self) -> Counter[str]:
+        """Every request so far."""
+        passes, stream = self.sides()
+        return passes + stream
+
+    def sides(self) -> tuple[Counter[str], Counter[str]]:
+        """The requests so far of the passes' connections, and of the event stream's."""
+        passes: Counter[str] = Counter()
+        stream: Counter[str] = Counter()
         with self._lock:
-            return Counter(self.requests)
+            for counter in self.connections:
+                (stream if counter["GET /events"] else passes).update(counter)
+        return passes, stream
 
     def close(self) -> None:
         self._server.close()
@@ -297,6 +313,11 @@ def metric(parsed: dict[Any, float], name: str, **labels: str) -> float:
 
 def resyncs(parsed: dict[Any, float]) -> int:
     return int(metric(parsed, "xtm_composer_passes_total", trigger="resync", result="ok"))
+
+
+def all_passes(parsed: dict[Any, float]) -> int:
+    return int(sum(v for (name, labels), v in parsed.items()
+                   if name == "xtm_composer_passes_total" and ("result", "ok") in labels))
 
 
 def until(check: Callable[[], Any], bound: float, what: str, run: RunProcess) -> Any:
@@ -452,12 +473,17 @@ def fleet(engine: Engine, tmp: Path, args: argparse.Namespace, image: str,
             raise RuntimeError(f"passes after the deploy still act (log: {run.log})")
         rss: list[float] = []
         seconds: list[float] = []
+        # per step (from the end of one resync to the end of the next), on the passes'
+        # connections, and the passes of every trigger that ended in the step
         requests: list[int] = []
+        ran: list[int] = []
         endpoints: Counter[str] = Counter()
         parsed = run.metrics()
         count, total = resyncs(parsed), metric(parsed, "xtm_composer_pass_duration_seconds_sum",
                                                trigger="resync")
-        seen = relay.snapshot()
+        all_before, passes_before = all_passes(parsed), parsed
+        seen, stream_seen = relay.sides()
+        log_from = run.log.stat().st_size
         began = time.monotonic()
         deadline = began + args.passes * (args.schedule + 5) + PASS_BOUND
         for _ in range(int((deadline - began) / POLL) + 1):
@@ -469,10 +495,13 @@ def fleet(engine: Engine, tmp: Path, args: argparse.Namespace, image: str,
             if now > count:
                 # sampled as the pass ends, before the next one (the schedule is the gap)
                 rss.append(round(run.rss_mb(), 2))
-                snap = relay.snapshot()
+                snap = relay.sides()[0]
                 step = delta(snap, seen)
                 seen = snap
                 endpoints.update(step)
+                # the passes that ran in the step, of every trigger (a reconnect's too)
+                ran.append(all_passes(parsed) - all_before)
+                all_before = all_passes(parsed)
                 requests.append(sum(step.values()))
                 new_total = metric(parsed, "xtm_composer_pass_duration_seconds_sum",
                                    trigger="resync")
@@ -481,6 +510,20 @@ def fleet(engine: Engine, tmp: Path, args: argparse.Namespace, image: str,
                 count, total = now, new_total
             time.sleep(POLL)
         loop_seconds = time.monotonic() - began
+        stream = delta(relay.sides()[1], stream_seen)
+        parsed = run.metrics()
+        by_trigger = {t: int(metric(parsed, "xtm_composer_passes_total", trigger=t,
+                                    result="ok") - metric(passes_before,
+                                                          "xtm_composer_passes_total",
+                                                          trigger=t, result="ok"))
+                      for t in ("resync", "event", "source", "reconnect")}
+        reconnects = int(metric(parsed, "xtm_composer_event_stream_reconnects_total")
+                         - metric(passes_before, "xtm_composer_event_stream_reconnects_total"))
+        with run.log.open("rb") as log:
+            log.seek(log_from)
+            lines = log.read().decode(errors="replace").splitlines()
+        warnings = Counter(line.split(" ", 2)[-1] for line in lines
+                           if " WARNING " in line or " ERROR " in line)
         if len(rss) < args.passes:
             raise RuntimeError(f"only {len(rss)} of {args.passes} passes in "
                                f"{loop_seconds:.0f}s (log: {run.log})")
@@ -492,10 +535,18 @@ def fleet(engine: Engine, tmp: Path, args: argparse.Namespace, image: str,
         "definitions": args.fleet, "running": args.running, "schedule": args.schedule,
         "deploy_seconds": round(deploy_seconds, 1), "deploy_actions": deploy_actions,
         "passes": len(rss), "loop_seconds": round(loop_seconds, 1),
-        "requests_per_pass": {"min": min(requests), "max": max(requests),
-                              "mean": round(statistics.fmean(requests), 3)},
-        "endpoints": dict(endpoints),
-        "requests_pass": all(n == TARGET_PASS_REQUESTS for n in requests),
+        # a pass's requests are made at its start, its count moves at its end: a pass of
+        # another trigger may fall in the step before its count does; the total is exact
+        "requests_per_pass": {"total": sum(requests), "passes": sum(ran),
+                              "mean": round(sum(requests) / max(sum(ran), 1), 3),
+                              "steps_exactly_1": sum(1 for r, n in zip(requests, ran,
+                                                                       strict=True)
+                                                     if r == n == 1),
+                              "steps": len(requests)},
+        "endpoints": dict(endpoints), "passes_by_trigger": by_trigger,
+        "stream_requests": stream, "reconnects": reconnects, "warnings": dict(warnings),
+        "requests_by_step": requests, "passes_by_step": ran,
+        "requests_pass": sum(requests) == TARGET_PASS_REQUESTS * sum(ran),
         "pass_seconds": {"median": round(statistics.median(seconds), 4),
                          "p95": round(sorted(seconds)[int(len(seconds) * 0.95)], 4),
                          "max": round(max(seconds), 4), "of": len(seconds)},
@@ -547,8 +598,12 @@ def table(result: dict[str, Any]) -> list[str]:
             (f"{label}: first pass (deploy)",
              f"{f['deploy_seconds']:g} s {f['deploy_actions']}", "", ""),
             (f"{label}: requests per resync pass ({f['passes']} passes)",
-             f"min {rq['min']}, max {rq['max']} {f['endpoints']}", "1",
+             f"{rq['total']} in {rq['passes']} passes: {rq['mean']:g} per pass "
+             f"({rq['steps_exactly_1']} of {rq['steps']} steps exactly 1) {f['endpoints']}", "1",
              verdict(f["requests_pass"])),
+            (f"{label}: the event stream meanwhile",
+             f"{sum(f['stream_requests'].values())} {f['stream_requests']}, "
+             f"{f['reconnects']} reconnects; passes {f['passes_by_trigger']}", "", ""),
             (f"{label}: resync pass time", f"median {1000 * ps['median']:.1f} ms, p95 "
              f"{1000 * ps['p95']:.1f} ms, max {1000 * ps['max']:.1f} ms", "", ""),
             (f"{label}: RSS of run over {f['passes']} passes",
@@ -612,8 +667,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: this run's containers were removed", file=sys.stderr)
         return 130
-    if args.json:
+    if args.json:  # the JSON on stdout, the tables on stderr
         print(json.dumps(results, indent=2))
+        print("\n\n".join("\n".join(table(r)) for r in results), file=sys.stderr)
     else:
         print(machine())
         print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}\n")
