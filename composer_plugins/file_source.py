@@ -32,6 +32,8 @@ SETTLE_SECONDS = 0.25
 class FileSource:
     name = "file"
     platform: str | None = None
+    #: ``run`` asks whether the file changed every second (a ``stat``)
+    poll_seconds = 1.0
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)

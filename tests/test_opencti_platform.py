@@ -250,8 +250,68 @@ def test_the_listing_maps_to_connectors(platform, opencti_settings, caplog) -> N
     assert env["HTTP_PROXY"] == "http://env-proxy:8080" and env["NO_PROXY"] == "localhost"
     assert env["NODE_TLS_REJECT_UNAUTHORIZED"] == "0"
     assert mapped[a].overridden == ["HTTPS_PROXY"] and mapped[a].decrypted == ["MISP_KEY", "OPENCTI_TOKEN"]
-    assert "replace the platform's HTTPS_PROXY" in caplog.text
     assert_no_secrets(caplog.text, ["misp-key-1234", token, "http://proxy:3128"])
+
+
+def test_a_listing_asked_again_decrypts_nothing_again_and_logs_nothing_again(platform, opencti_settings,
+                                                                            caplog) -> None:
+    """`run` lists every opencti.listing_schedule: a value is decrypted once (an RSA operation),
+    an override is logged once, and a value the platform changes is decrypted anew."""
+    settings = opencti_settings({"opencti.with_proxy": True, "opencti.https_proxy": "http://proxy:3128"})
+    source = _source(settings)
+    try:
+        source.desired()  # registers: the platform has the public key now
+        a = platform.add_connector("misp", "opencti/connector-misp:6.8.1",
+                                   {"HTTPS_PROXY": "http://platform-proxy:1"}, {"MISP_KEY": "misp-key-1234"})
+        platform.get(a).requested = "starting"
+        with caplog.at_level(logging.INFO):
+            first = source.desired()
+            decrypted = source._decrypter.decryptions
+            assert decrypted == 2  # MISP_KEY and the connector's OPENCTI_TOKEN
+            assert source.desired() == first and source._decrypter.decryptions == decrypted
+        assert caplog.text.count("replace the platform's HTTPS_PROXY") == 1
+        b = platform.add_connector("other", "opencti/connector-x:1.0", {}, {"X_KEY": "x-key-5678"})
+        (env,) = [dict(c.env) for c in source.desired().connectors if c.id == b] or [{}]
+        assert env["X_KEY"] == "x-key-5678" and source._decrypter.decryptions == decrypted + 2
+        platform.remove_connector(a)
+        source.desired()
+        assert len(source._decrypter._plain) == 2  # what the platform no longer lists is dropped
+        assert_no_secrets(caplog.text, ["misp-key-1234", "x-key-5678"])
+    finally:
+        source.close()
+
+
+def test_run_lists_between_resyncs_and_deploys_a_platform_change_at_once(platform, opencti_settings,
+                                                                        plugins) -> None:
+    import threading
+
+    from composer_core.fleet.events import Runner
+    from composer_core.fleet.lock import PassLock
+    from composer_core.testing import InMemoryBackend, wait_for
+    from composer_core.workload import has_events
+
+    settings = opencti_settings({"manager.execute_schedule": 60, "opencti.listing_schedule": 0.2,
+                                 "manager.id": f"xtm-poll-{id(platform)}"})
+    source = open_opencti_source(settings, {})
+    backend, stop = InMemoryBackend(), threading.Event()
+    runner = Runner(source, lambda: backend, settings, plugins, stop, stop_timeout=1,
+                    lock=lambda endpoint: PassLock(str(settings.get("manager.id")), endpoint,
+                                                   stop_event=stop))
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: runner.passes.get("resync") == 1, 10, "the first pass")
+        assert has_events(backend) and not backend.runtime.containers
+        a = platform.add_connector("misp", "opencti/connector-misp:6.8.1")
+        platform.get(a).requested = "starting"
+        wait_for(lambda: [c.status for c in backend.runtime.containers.values()] == ["running"], 10,
+                 "the connector started on the platform deployed, long before the 60 s resync")
+        assert runner.passes.get("source") == 1 and runner.passes.get("resync") == 1
+    finally:
+        stop.set()
+        thread.join(15)
+        source.close()
+    assert not thread.is_alive()
 
 
 def test_requested_statuses_and_names(platform) -> None:

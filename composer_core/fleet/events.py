@@ -11,8 +11,10 @@
   events: one reconcile) the connector **alone** is reconciled (:class:`FocusedReconciler`:
   one observation, the plan of that connector, toward the desired state of the last full pass).
 
-A change of the desired state (the connectors file edited: the ``file`` source is asked every
-:data:`SOURCE_POLL_SECONDS`, which costs a ``stat``) runs a full pass at once. A stream that
+A change of the desired state runs a full pass at once: a source that is cheap to ask declares
+``poll_seconds`` (:class:`~composer_core.fleet.sources.Source`: the connectors file is asked every
+second, which costs a ``stat``; the OpenCTI platform every ``opencti.listing_schedule``, one
+GetConnectors) and is asked that often between resyncs; any other at each resync. A stream that
 breaks is reopened with a backoff (:data:`RECONNECT_BACKOFF`), from the time of its last event,
 and a full pass runs after every reconnect; so does a stream that lags (an event older than
 :data:`LAG_SECONDS`). A backend without events is reconciled by passes only, said once in the log.
@@ -48,6 +50,7 @@ from composer_core.fleet.sources import (
     SourceReconciler,
     SourceUnavailable,
     connector_of,
+    poll_seconds,
     run_source_pass,
 )
 from composer_core.metrics import HEALTH_SCHEDULES, Health, Metrics, recording
@@ -59,8 +62,6 @@ log = logging.getLogger("xtm_composer.run")
 
 #: events of one connector within this are one reconcile
 DEBOUNCE_SECONDS = 0.2
-#: how often the ``file`` source is asked whether the file changed (a stat, no engine call)
-SOURCE_POLL_SECONDS = 1.0
 #: seconds between two attempts to reopen a broken stream: doubling, at most the last
 RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 #: an event older than this when received: the stream lags, a full pass follows
@@ -334,7 +335,7 @@ class Runner:
             self._run()
 
     def _run(self) -> None:
-        poll = SOURCE_POLL_SECONDS if self.source.name == "file" else None
+        poll = poll_seconds(self.source, self.schedule)
         next_resync = self.clock()
         next_poll = self.clock() + (poll or 0)
         if self.use_events:

@@ -66,6 +66,12 @@ class Observation:
 
 
 class Source(Protocol):
+    """A desired-state source (docs/plugins.md, ``composer_sources``). Optional attribute
+    ``poll_seconds`` (float or None, default None): how often ``run`` may ask :meth:`desired`
+    between two resyncs because asking is cheap and never touches the engine (the ``file``
+    source: a ``stat``; ``opencti``: one GetConnectors); a change runs a full pass at once. Without
+    it the source is asked at each resync only."""
+
     name: str
     platform: str | None
 
@@ -76,6 +82,15 @@ class Source(Protocol):
     def desired(self) -> DesiredState: ...
     def observe(self, observation: Observation) -> None: ...
     def close(self) -> None: ...
+
+
+def poll_seconds(source: Source, schedule: float) -> float | None:
+    """How often ``run`` asks ``source`` between resyncs: its ``poll_seconds``, when it has one
+    shorter than the resync ``schedule`` (else the resync asks it often enough)."""
+    poll = getattr(source, "poll_seconds", None)
+    if isinstance(poll, (int, float)) and not isinstance(poll, bool) and 0 < poll < schedule:
+        return float(poll)
+    return None
 
 
 def platform_of(info: Observed) -> str | None:

@@ -50,6 +50,8 @@ class OpenCTIConfig:
     logs_schedule: float
     health_schedule: float
     key_pem: str = field(repr=False)
+    #: seconds between two listings while ``run`` waits for its next resync (0: at each resync only)
+    listing_schedule: float = 0.0
     key_origin: str = ""
     with_proxy: bool = False
     http_proxy: str | None = None
@@ -70,7 +72,7 @@ DEFAULTS: dict[str, Any] = {
     "opencti": {"enable": True, "url": "http://host.docker.internal:4000", "token": None,
                 "token_file": None, "unsecured_certificate": False, "connect_timeout": 10,
                 "request_timeout": 30, "listing_timeout": LISTING_TIMEOUT, "logs_schedule": 10,
-                "health_schedule": 30, "with_proxy": False, "http_proxy": None,
+                "health_schedule": 30, "listing_schedule": 5, "with_proxy": False, "http_proxy": None,
                 "https_proxy": None, "no_proxy": None, "https_proxy_ca": [],
                 "https_proxy_reject_unauthorized": True},
 }
@@ -94,6 +96,8 @@ def validate(settings: Settings, problems: Problems) -> None:
     for key in _SCHEDULES:
         check_number(settings, problems, key, what="a positive number of seconds", minimum=0,
                      maximum=DAY, above_minimum=True)
+    check_number(settings, problems, "opencti.listing_schedule",
+                 what="a number of seconds (0: list at each resync only)", minimum=0, maximum=DAY)
     ping = settings.get("manager.ping_alive_schedule")
     if isinstance(ping, (int, float)) and not isinstance(ping, bool) and 300 <= ping <= DAY:
         problems.add("manager.ping_alive_schedule", "must be under 300: the platform shows a "
@@ -213,6 +217,7 @@ def read_config(settings: Settings) -> OpenCTIConfig:
         ping_schedule=float(s.get("manager.ping_alive_schedule")),
         logs_schedule=float(s.get("opencti.logs_schedule")),
         health_schedule=float(s.get("opencti.health_schedule")),
+        listing_schedule=float(s.get("opencti.listing_schedule")),
         with_proxy=bool(s.get("opencti.with_proxy")),
         http_proxy=_text(s, "opencti.http_proxy"), https_proxy=_text(s, "opencti.https_proxy"),
         no_proxy=_text(s, "opencti.no_proxy"),

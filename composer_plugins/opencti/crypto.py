@@ -69,6 +69,31 @@ class ManagerKey:
         return decrypt_value(self, value)
 
 
+class DecryptionCache:
+    """A key's decrypted values by their ciphertext, so that a listing asked every few seconds
+    decrypts a value once (an RSA operation), not at every listing. It keeps only the values of
+    the last listing (:meth:`listing_done`): what the platform no longer lists is dropped. Its
+    values are secrets already registered with the redactor; a failure is never cached."""
+
+    def __init__(self, key: ManagerKey) -> None:
+        self.key = key
+        self._plain: dict[str, str] = {}
+        self._used: dict[str, str] = {}
+        #: values actually decrypted (a test reads it)
+        self.decryptions = 0
+
+    def decrypt(self, value: str) -> str:
+        plain = self._plain.get(value)
+        if plain is None:
+            plain = self.key.decrypt(value)
+            self.decryptions += 1
+        self._used[value] = plain
+        return plain
+
+    def listing_done(self) -> None:
+        self._plain, self._used = self._used, {}
+
+
 def load_private_key(pem: str, origin: str) -> ManagerKey:
     """Load a PKCS#8 or PKCS#1 RSA private key (PEM, not encrypted) of at least 2048 bits."""
     from cryptography.hazmat.primitives import serialization

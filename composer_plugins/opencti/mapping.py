@@ -28,7 +28,10 @@ from composer_core.fleet.connectors import Connector
 from composer_core.fleet.sources import SourceUnavailable
 from composer_core.images.reference import ImageRef, InvalidReference
 from composer_plugins.opencti.config import OpenCTIConfig
-from composer_plugins.opencti.crypto import DecryptionError, ManagerKey
+from composer_plugins.opencti.crypto import DecryptionCache, DecryptionError, ManagerKey
+
+#: what decrypts the listing's values: the key itself, or a cache of what it decrypted
+Decrypter = ManagerKey | DecryptionCache
 
 log = logging.getLogger("xtm_composer.opencti")
 
@@ -110,7 +113,7 @@ def _entry(raw: Mapping[str, Any], index: int) -> tuple[str, str, str, str, str,
             text("manager_current_status", optional=True))
 
 
-def map_connector(raw: Mapping[str, Any], index: int, key: ManagerKey | None,
+def map_connector(raw: Mapping[str, Any], index: int, key: Decrypter | None,
                   config: OpenCTIConfig, proxies: Mapping[str, str]) -> Mapped:
     cid, platform_name, image, digest, requested, current = _entry(raw, index)
     name = container_name(platform_name)
@@ -155,8 +158,10 @@ def map_connector(raw: Mapping[str, Any], index: int, key: ManagerKey | None,
     return mapped
 
 
-def map_listing(listing: list[dict[str, Any]], key: ManagerKey | None, config: OpenCTIConfig,
+def map_listing(listing: list[dict[str, Any]], key: Decrypter | None, config: OpenCTIConfig,
                 environ: Mapping[str, str] | None = None) -> list[Mapped]:
+    """The listing's connectors, mapped. Logs nothing: a listing may be asked every few seconds
+    (the source says what changed)."""
     proxies = proxy_env(config, os.environ if environ is None else environ)
     mapped = [map_connector(raw, i, key, config, proxies) for i, raw in enumerate(listing)]
     ids = [m.id for m in mapped]
@@ -175,8 +180,4 @@ def map_listing(listing: list[dict[str, Any]], key: ManagerKey | None, config: O
                 m.problem = (f"{m.problem}; " if m.problem else "") + \
                     f"container name {m.name!r} is also that of connector {others}"
                 m.connector = None
-    for m in mapped:
-        if m.overridden and m.connector is not None:
-            log.info("connector %s: the composer's proxy settings replace the platform's %s",
-                     m.id, ", ".join(m.overridden))
     return mapped

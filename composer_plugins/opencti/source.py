@@ -32,7 +32,7 @@ from composer_core.timestamps import parse_time, seconds_since
 from composer_core.workload import Backend, Observed
 from composer_plugins.opencti.client import PlatformClient, PlatformError
 from composer_plugins.opencti.config import OpenCTIConfig
-from composer_plugins.opencti.crypto import ManagerKey, load_private_key
+from composer_plugins.opencti.crypto import DecryptionCache, ManagerKey, load_private_key
 from composer_plugins.opencti.mapping import Mapped, map_listing
 
 log = logging.getLogger("xtm_composer.opencti")
@@ -64,6 +64,10 @@ class OpenCTISource:
                  environ: Mapping[str, str] | None = None, ping_thread: bool = False) -> None:
         self.config = config
         self.key = key or load_private_key(config.key_pem, config.key_origin)
+        self._decrypter = DecryptionCache(self.key)
+        #: ``run`` lists the connectors this often between resyncs (``opencti.listing_schedule``;
+        #: None: at each resync only), and runs a pass at once when the listing changed
+        self.poll_seconds = config.listing_schedule or None
         self.client = client or PlatformClient(config)
         self.clock = clock
         self.environ = environ
@@ -75,6 +79,7 @@ class OpenCTISource:
         self._reported: dict[str, tuple[str, str | None]] = {}
         self._timers: dict[str, _Timers] = {}
         self._held: dict[str, str] = {}
+        self._overridden: dict[str, list[str]] = {}
         #: ping from a thread of its own (``run``), so that a long pass (a slow pull) never lets
         #: the platform see the manager inactive; without it the ping is checked at each pass
         self._ping_thread = ping_thread
@@ -148,8 +153,15 @@ class OpenCTISource:
 
     def desired(self) -> DesiredState:
         self.ensure_registered()
-        mapped = map_listing(self.client.connectors(), self.key, self.config, self.environ)
+        mapped = map_listing(self.client.connectors(), self._decrypter, self.config, self.environ)
+        self._decrypter.listing_done()
         self.listing = mapped
+        overridden = {m.id: m.overridden for m in mapped if m.overridden and m.connector}
+        for cid, keys in overridden.items():
+            if self._overridden.get(cid) != keys:
+                log.info("connector %s: the composer's proxy settings replace the platform's %s",
+                         cid, ", ".join(keys))
+        self._overridden = overridden
         held = {m.id: m.problem for m in mapped if m.problem is not None}
         for cid, reason in held.items():
             if self._held.get(cid) != reason:
