@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import yaml
 
 from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_MANAGER
 from composer_core.errors import RuntimeUnavailable
-from composer_core.fleet.events import Inbox, Runner
+from composer_core.fleet.events import EventWatcher, Inbox, Runner
 from composer_core.fleet.lock import PassLock
 from composer_core.settings import Settings
 from composer_core.testing import InMemoryBackend, wait_for
@@ -186,3 +187,49 @@ def test_the_inbox_debounces_and_ignores_what_is_not_disruptive() -> None:
     now[0] += 1
     assert inbox.take_due({"c1": 200.0}) == []  # held back
     assert inbox.take_due({}) == ["c1"] and inbox.take_due({}) == []
+
+
+class _LateStream:
+    """An event stream delivering a burst late (its events minutes old), then on time again."""
+
+    def __init__(self, events: list[WorkloadEvent]) -> None:
+        self.events, self.until = events, time.time() + 300
+
+    def __iter__(self):
+        yield from self.events
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_lagging_stream_asks_one_pass_per_episode_not_one_per_late_event(caplog) -> None:
+    now = time.time()
+    late = [WorkloadEvent(f"c{i}", f"c{i}", "died", time=now - 31) for i in range(7)]
+    on_time = [WorkloadEvent("d", "d", "died", time=now)]
+    again = [WorkloadEvent("e", "e", "died", time=now - 40)]
+    streams = [_LateStream(late + on_time + again)]
+
+    class Backend:
+        name, endpoint, capabilities = "late", "test", frozenset({"events"})
+
+        def events(self, labels, since=None, window=300.0):
+            if not streams:
+                stop.wait(10)
+                raise RuntimeUnavailable("the test's stream is over")
+            return streams.pop()
+
+        def close(self) -> None:
+            pass
+
+    inbox, stop = Inbox(), threading.Event()
+    requested: list[str] = []
+    real = inbox.request_pass
+    inbox.request_pass = lambda trigger: (requested.append(trigger), real(trigger))  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO):
+        watcher = EventWatcher(Backend, {LABEL_MANAGER: "m"}, inbox, stop).start()
+        wait_for(lambda: len(inbox._due) == 9, BOUND, "every event in the inbox")
+        stop.set()
+        watcher.stop()
+    # two episodes (seven late events, then one more after an event on time): two passes, two lines
+    assert requested == ["reconnect", "reconnect"]
+    assert caplog.text.count("event stream lags") == 2 and caplog.text.count("caught up") == 1

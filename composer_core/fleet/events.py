@@ -17,7 +17,8 @@ second, which costs a ``stat``; the OpenCTI platform every ``opencti.listing_sch
 GetConnectors) and is asked that often between resyncs; any other at each resync. A stream that
 breaks is reopened with a backoff (:data:`RECONNECT_BACKOFF`), from the time of its last event,
 and a full pass runs after every reconnect; so does a stream that lags (an event older than
-:data:`LAG_SECONDS`). A backend without events is reconciled by passes only, said once in the log.
+:data:`LAG_SECONDS`: once per episode, until an event arrives on time again). A backend without
+events is reconciled by passes only, said once in the log.
 
 A connector reconciled on events :data:`LOOP_RECONCILES` times within :data:`LOOP_WINDOW_SECONDS`
 (acted on, or observed ``restarting``: the engine restarts it itself) restarts in a loop: it is
@@ -182,9 +183,25 @@ class EventWatcher:
                 pass
             self._backend = None
 
+    def _lag(self, event: WorkloadEvent, lagging: bool) -> bool:
+        """Whether the stream lags after ``event``. The first late event of an episode (older
+        than :data:`LAG_SECONDS`) is logged and asks for a full pass; the late events after it
+        are part of the same episode (a burst the engine delivers late, each reconciled on its
+        own anyway), until one arrives on time again."""
+        age = time.time() - event.time if event.time else 0.0
+        if age <= LAG_SECONDS:
+            if lagging:
+                log.info("event stream caught up")
+            return False
+        if not lagging:
+            log.warning("event stream lags (an event %.0fs old): a full pass follows", age)
+            self._inbox.request_pass("reconnect")
+        return True
+
     def _run(self) -> None:
         since: float | None = None
         failures = 0
+        lagging = False
         try:
             for _ in range(MAX_ITERATIONS):
                 if self._stop.is_set():
@@ -213,10 +230,7 @@ class EventWatcher:
                     for event in stream:
                         self._metrics.event(event.kind)
                         since = max(since or 0.0, event.time)
-                        if event.time and time.time() - event.time > LAG_SECONDS:
-                            log.warning("event stream lags (an event %.0fs old): a full pass "
-                                        "follows", time.time() - event.time)
-                            self._inbox.request_pass("reconnect")
+                        lagging = self._lag(event, lagging)
                         self._inbox.put(event)
                     since = max(since or 0.0, float(stream.until))
                 except Exception as exc:  # noqa: BLE001 - the stream never kills run
