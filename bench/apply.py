@@ -460,6 +460,28 @@ def table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def run_engines(args: argparse.Namespace,
+                run: Callable[[str, Any, argparse.Namespace, Callable[[str], None]], dict[str, Any]],
+                ) -> list[dict[str, Any]] | int:
+    """``run(engine, bench, args, say)`` for each engine of ``args.engine``, progress on stderr:
+    the results, or the exit code (2: the bench is down; 130: interrupted, each run cleaning up
+    what it created)."""
+    bench = load_bench()
+    if bench is None:
+        print(f"the test bench is not running; {START_HINT}", file=sys.stderr)
+        return 2
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    try:
+        return [run(name, bench, args, say)
+                for name in (ENGINES if args.engine == "all" else (args.engine,))]
+    except KeyboardInterrupt:
+        print("interrupted: this run's containers were removed", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine", choices=(*ENGINES, "all"), default="all")
@@ -473,20 +495,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="manager.max_parallel (default: the settings' default)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    bench = load_bench()
-    if bench is None:
-        print(f"the test bench is not running; {START_HINT}", file=sys.stderr)
-        return 2
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    engines = ENGINES if args.engine == "all" else (args.engine,)
-    try:
-        results = [run_engine(name, bench, args, say) for name in engines]
-    except KeyboardInterrupt:
-        print("interrupted: this run's containers were removed", file=sys.stderr)
-        return 130
+    results = run_engines(args, run_engine)
+    if isinstance(results, int):
+        return results
     if args.json:
         print(json.dumps(results, indent=2))
     else:

@@ -61,9 +61,8 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from bench.apply import HttpCounter  # noqa: E402
+from bench.apply import HttpCounter, run_engines  # noqa: E402
 from composer_core.engine.labels import LABEL_MANAGER  # noqa: E402
-from tests.bench import START_HINT, load_bench  # noqa: E402
 
 ENGINES = ("docker", "podman")
 TARGET_QUIET = 0
@@ -653,20 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 < args.quiet < 58:
         parser.error("--quiet must be within the 60 s schedule (0 < quiet < 58)")
-    bench = load_bench()
-    if bench is None:
-        print(f"the test bench is not running; {START_HINT}", file=sys.stderr)
-        return 2
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    engines = ENGINES if args.engine == "all" else (args.engine,)
-    try:
-        results = [run_engine(name, bench, args, say) for name in engines]
-    except KeyboardInterrupt:
-        print("interrupted: this run's containers were removed", file=sys.stderr)
-        return 130
+    results = run_engines(args, run_engine)
+    if isinstance(results, int):
+        return results
     if args.json:  # the JSON on stdout, the tables on stderr
         print(json.dumps(results, indent=2))
         print("\n\n".join("\n".join(table(r)) for r in results), file=sys.stderr)
