@@ -290,8 +290,8 @@ class PrometheusMetrics(Metrics):
         self._platform = _Vocabulary("platform name")
         self._operation = _Vocabulary("platform operation")
         self._platform_result = _Vocabulary("platform call result", PLATFORM_RESULTS)
-        self._helpers_seen: set[str] = set()
-        self._operations_seen: set[tuple[str, str]] = set()
+        #: label sets whose counters were made at 0 (:meth:`_first_seen`)
+        self._seen: set[tuple[str, ...]] = set()
         self._seen_lock = threading.Lock()
         for trigger in TRIGGERS:
             for result in ("ok", "failed"):
@@ -342,15 +342,23 @@ class PrometheusMetrics(Metrics):
     def credential_resolved(self, provider: str, outcome: str) -> None:
         self.credentials.labels(self._provider(provider), self._outcome(outcome)).inc()
 
+    def _first_seen(self, labels: tuple[str, ...]) -> bool:
+        """Whether ``labels`` are seen for the first time (their counters are then made at 0)."""
+        if labels in self._seen:
+            return False
+        with self._seen_lock:
+            if labels in self._seen:
+                return False
+            self._seen.add(labels)
+            return True
+
     def _helper_label(self, helper: str) -> str:
         """``helper``'s label; its counters are made (at 0) when it is first seen."""
         label = self._helper(helper)
-        if label not in self._helpers_seen:
-            with self._seen_lock:
-                for result in HELPER_RESULTS:
-                    self.helper_runs.labels(label, result)
-                self.helper_hits.labels(label)
-                self._helpers_seen.add(label)
+        if self._first_seen(("helper", label)):
+            for result in HELPER_RESULTS:
+                self.helper_runs.labels(label, result)
+            self.helper_hits.labels(label)
         return label
 
     def helper_ran(self, helper: str, result: str) -> None:
@@ -365,11 +373,9 @@ class PrometheusMetrics(Metrics):
 
     def _operation_labels(self, platform: str, operation: str) -> tuple[str, str]:
         labels = (self._platform(platform), self._operation(operation))
-        if labels not in self._operations_seen:
-            with self._seen_lock:
-                for result in PLATFORM_RESULTS:
-                    self.platform_calls.labels(*labels, result)
-                self._operations_seen.add(labels)
+        if self._first_seen(("platform", *labels)):
+            for result in PLATFORM_RESULTS:
+                self.platform_calls.labels(*labels, result)
         return labels
 
     def platform_call(self, platform: str, operation: str, result: str) -> None:
