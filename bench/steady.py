@@ -63,6 +63,7 @@ import yaml  # noqa: E402
 
 from bench.apply import HttpCounter, run_engines  # noqa: E402
 from composer_core.engine.labels import LABEL_MANAGER  # noqa: E402
+from tests.bench import SocketRelay  # noqa: E402
 
 ENGINES = ("docker", "podman")
 TARGET_QUIET = 0
@@ -155,56 +156,24 @@ class CountingRelay:
 
     def __init__(self, path: Path, target: str) -> None:
         self.path = path
-        self.target = target
         #: one counter per connection, in the order they were accepted
         self.connections: list[Counter[str]] = []
         self._lock = threading.Lock()
-        self._conns: list[socket.socket] = []
-        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._server.bind(str(path))
-        self._server.listen(64)
-        threading.Thread(target=self._accept, daemon=True, name="relay").start()
+        self._relay = SocketRelay(path, target, watch=self._counting,
+                                  max_connections=1_000_000, max_reads=100_000_000).up()
 
-    def _accept(self) -> None:
-        for _ in range(1_000_000):
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                upstream.connect(self.target)
-            except OSError:
-                client.close()
-                continue
-            counter: Counter[str] = Counter()
-            with self._lock:
-                self._conns += [client, upstream]
-                self.connections.append(counter)
-            threading.Thread(target=self._pipe, args=(client, upstream, RequestParser(),
-                                                      counter), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, None, counter),
-                             daemon=True).start()
+    def _counting(self) -> Callable[[bytes], None]:
+        """The feed of one new connection: its requests, counted."""
+        parser, counter = RequestParser(), Counter[str]()
+        with self._lock:
+            self.connections.append(counter)
 
-    def _pipe(self, a: socket.socket, b: socket.socket, parser: RequestParser | None,
-              counter: Counter[str]) -> None:
-        for _ in range(100_000_000):
-            try:
-                data = a.recv(65536)
-                if not data:
-                    break
-                if parser is not None:
-                    for method, target in parser.feed(data):
-                        with self._lock:
-                            counter[HttpCounter.endpoint(method, target)] += 1
-                b.sendall(data)
-            except (OSError, ValueError):
-                break
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        def feed(data: bytes) -> None:
+            for method, target in parser.feed(data):
+                with self._lock:
+                    counter[HttpCounter.endpoint(method, target)] += 1
+
+        return feed
 
     def snapshot(self) -> Counter[str]:
         """Every request so far."""
@@ -221,16 +190,7 @@ class CountingRelay:
         return passes, stream
 
     def close(self) -> None:
-        self._server.close()
-        self.path.unlink(missing_ok=True)
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
+        self._relay.down()
 
 
 def delta(after: Counter[str], before: Counter[str]) -> dict[str, int]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -195,3 +197,85 @@ def api_clients() -> Iterator[Callable[[str], Any]]:
     finally:
         for client in clients:
             client.close()
+
+
+#: what a relay feeds the bytes a client sends to the engine, one per connection (raising
+#: ValueError ends that connection)
+Feed = Callable[[bytes], None]
+
+
+class SocketRelay:
+    """A unix socket at ``path`` relaying every connection to the unix socket ``target`` (a bench
+    engine's). :meth:`up` opens it; :meth:`down` closes it and every connection through it (to
+    ``run``, the engine went away), and it may be opened again. ``watch``, when given, is called
+    for each connection and returns the :data:`Feed` of what the client sends (the steady-state
+    benchmark counts the HTTP requests with it). ``max_connections`` / ``max_reads``: the bounds
+    of the accept loop and of each connection's reads."""
+
+    def __init__(self, path: Path, target: str, *, watch: Callable[[], Feed] | None = None,
+                 max_connections: int = 10_000, max_reads: int = 10_000_000) -> None:
+        self.path = path
+        self.target = target
+        self._watch = watch
+        self._max_connections = max_connections
+        self._max_reads = max_reads
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._server: socket.socket | None = None
+
+    def up(self) -> SocketRelay:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(self.path))
+        server.listen(64)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True, name="relay").start()
+        return self
+
+    def _accept(self, server: socket.socket) -> None:
+        for _ in range(self._max_connections):
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.connect(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            feed = self._watch() if self._watch is not None else None
+            threading.Thread(target=self._pipe, args=(client, upstream, feed), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket, feed: Feed | None) -> None:
+        for _ in range(self._max_reads):
+            try:
+                data = a.recv(65536)
+                if not data:
+                    break
+                if feed is not None:
+                    feed(data)
+                b.sendall(data)
+            except (OSError, ValueError):
+                break
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def down(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        self.path.unlink(missing_ok=True)
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()

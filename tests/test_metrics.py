@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +24,7 @@ from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_MANAGER
 from composer_core.errors import RuntimeUnavailable
 from composer_core.metrics import Health, MetricsServer, PrometheusMetrics
 from composer_core.testing import InMemoryBackend, wait_for
+from tests.bench import SocketRelay
 from tests.conftest import assert_no_secrets
 from tests.engine_helpers import (  # noqa: F401 - fixtures
     engine,
@@ -231,65 +230,6 @@ def test_run_brings_back_what_is_killed_removed_or_stopped_on_events(  # noqa: F
                    - value(before, "xtm_composer_events_total", kind="created"))
         assert created == 1
     assert_no_secrets("\n".join(outputs), [bench.password, token])
-
-
-class SocketRelay:
-    """A unix socket relaying to the bench engine's socket; :meth:`down` closes it and every
-    connection through it (the engine went away), :meth:`up` opens it again."""
-
-    def __init__(self, path: Path, target: str) -> None:
-        self.path = path
-        self.target = target
-        self._conns: list[socket.socket] = []
-        self._server: socket.socket | None = None
-
-    def up(self) -> None:
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(str(self.path))
-        server.listen(16)
-        self._server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def _accept(self, server: socket.socket) -> None:
-        for _ in range(10_000):
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            upstream.connect(self.target)
-            self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        for _ in range(10_000_000):
-            try:
-                data = a.recv(65536)
-                if not data:
-                    break
-                b.sendall(data)
-            except OSError:
-                break
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def down(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        self.path.unlink(missing_ok=True)
-        for conn in self._conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
-        self._conns = []
 
 
 @pytest_integration

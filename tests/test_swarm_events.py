@@ -24,10 +24,10 @@ from composer_core.workload import WorkloadEvent
 from composer_plugins.swarm.backend import SwarmBackend
 from composer_plugins.swarm.events import SwarmEvents
 from composer_plugins.swarm.tasks import LABEL_FAILED
-from tests.bench import SwarmBench, api_clients, require_swarm
+from tests.bench import SocketRelay, SwarmBench, api_clients, require_swarm
 from tests.conftest import assert_no_secrets
 from tests.engine_helpers import free_port, unique
-from tests.test_metrics import SocketRelay, get, run_process, samples, value
+from tests.test_metrics import get, run_process, samples, value
 
 OURS = {LABEL_MANAGER: "m1"}
 #: seconds a reaction may take on the swarm in a test (2 shared CPUs; the figures are
