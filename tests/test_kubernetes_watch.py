@@ -173,6 +173,27 @@ def test_end_watches_ends_them_cleanly_or_cuts_them(standin: StandIn, api: Api) 
     assert standin.watch_ends == ["ended", "cut"]
 
 
+def test_a_watch_closed_before_or_while_it_is_read_lets_its_connection_go(
+        standin: StandIn, api: Api) -> None:
+    """Closed before anyone reads it (a window closed while its watch opened): the connection is
+    closed there and then, not left half shut until the garbage collector finds it."""
+    _, version = api.list_from("", "pods", {})
+    unread = api.open_watch("", "pods", {}, version, 60)
+    wait_for(lambda: standin.watching == 1, BOUND, "the watch open")
+    unread.close()
+    wait_for(lambda: standin.watching == 0, BOUND, "the server saw the unread watch go")
+    assert list(unread.events()) == []  # and reading it afterwards finds it ended
+    read = api.open_watch("", "pods", {}, version, 60)
+    reader = threading.Thread(target=lambda: list(read.events()), daemon=True)
+    reader.start()
+    wait_for(lambda: standin.watching == 1, BOUND, "the second watch open")
+    read.close()
+    reader.join(BOUND)
+    assert not reader.is_alive()
+    wait_for(lambda: standin.watching == 0, BOUND, "the server saw the read watch go")
+    assert standin.watch_ends == ["gone", "gone"]
+
+
 def listed(standin: StandIn) -> list[k8s_standin.Request]:
     """The list requests of Deployments and Pods (not watches)."""
     return [r for r in standin.requests if r.method == "GET" and "watch" not in r.query

@@ -15,6 +15,7 @@ import builtins
 import json
 import os
 import socket
+import threading
 from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -294,12 +295,19 @@ class WatchStream:
         self._response = response
         self._what = what
         self._closed = False
+        self._reading = False  # a thread is in events(): it closes the connection as it leaves
+        self._lock = threading.Lock()
 
     def events(self) -> Iterator[tuple[str, Any]]:
         """(type, object) per line: ``ADDED``, ``MODIFIED``, ``DELETED``, ``BOOKMARK``,
         ``ERROR`` (the object is a Status). Ends when the server ends the watch (its timeout)
         or on :meth:`close`; raises RuntimeUnavailable when the stream breaks (the connection
         dropped, a torn line)."""
+        with self._lock:
+            if self._closed:  # closed before it was read: nobody else closes the connection
+                self._response.close()
+                return
+            self._reading = True
         buffer = b""
         try:
             for chunk in self._response.stream(4096, decode_content=True):
@@ -320,12 +328,22 @@ class WatchStream:
                                      hint="the API server went away or restarted") from None
         finally:
             # a watch left before its end cannot go back to the pool with unread data
-            self._closed = True
+            with self._lock:
+                self._closed, self._reading = True, False
             self._response.close()
 
     def close(self) -> None:
-        """End the stream from any thread; idempotent."""
-        self._closed = True
+        """End the stream from any thread; idempotent. A thread reading it is woken (the socket's
+        read side is shut down) and closes the connection as it leaves :meth:`events`; a stream
+        nobody reads is closed here, so the server sees the client go at once either way."""
+        with self._lock:
+            if self._closed and not self._reading:
+                return
+            self._closed = True
+            reading = self._reading
+        if not reading:
+            self._response.close()
+            return
         shutdown = getattr(self._response, "shutdown", None)  # urllib3 >= 2.3
         try:
             if shutdown is not None:
