@@ -61,6 +61,12 @@ def value(parsed: dict[Any, float], name: str, **labels: str) -> float:
     return parsed.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def deploys(parsed: dict[Any, float]) -> float:
+    """Deploy actions of any result."""
+    return sum(v for (name, labels), v in parsed.items()
+               if name == "xtm_composer_actions_total" and ("action", "deploy") in labels)
+
+
 def test_health_is_ok_while_passes_are_recent_and_503_with_a_reason_after() -> None:
     now = [0.0]
     health = Health(30, lambda: now[0])
@@ -225,10 +231,13 @@ def test_run_brings_back_what_is_killed_removed_or_stopped_on_events(  # noqa: F
         assert value(after, "xtm_composer_passes_total", trigger="resync", result="ok") == 1
         assert value(after, "xtm_composer_passes_total", trigger="event", result="ok") >= 1
         assert value(after, "xtm_composer_actions_total", action="deploy", result="ok") == 4
-        # the stranger's create is not among the events: only the redeploy's is
+        # the stranger's create is not among the events: only our deploys' are. On a loaded
+        # machine a deploy may fail after its create and be tried again, so: one created per
+        # deploy attempt at most (the stranger's would be one more), and at least the redeploy's
         created = (value(after, "xtm_composer_events_total", kind="created")
                    - value(before, "xtm_composer_events_total", kind="created"))
-        assert created == 1
+        attempts = deploys(after) - deploys(before)
+        assert 1 <= created <= attempts, (created, attempts)
     assert_no_secrets("\n".join(outputs), [bench.password, token])
 
 
