@@ -566,10 +566,9 @@ class StandIn:
         handler.send_header("Transfer-Encoding", "chunked")
         handler.end_headers()
         try:
-            self.watch_ends.append(self._stream_changes(
-                handler, group, resource, namespace, wanted, since, initial,
-                deadline=time.monotonic() + timeout, bookmarks=bookmarks, kind=kind,
-                epoch=epoch))
+            self._stream_changes(handler, group, resource, namespace, wanted, since, initial,
+                                 deadline=time.monotonic() + timeout, bookmarks=bookmarks,
+                                 kind=kind, epoch=epoch)
         finally:
             with self._lock:
                 self.watching -= 1
@@ -578,7 +577,12 @@ class StandIn:
                         namespace: str, wanted: Mapping[str, str], since: int,
                         pending: list[dict[str, Any]], *, deadline: float, bookmarks: bool,
                         kind: str, epoch: int) -> str:
-        """Write the watch's events; how it ended."""
+        """Write the watch's events; how it ended, which is in :attr:`watch_ends` before the
+        client can see the end (the terminating chunk, the connection closed)."""
+        def ended(how: str) -> str:
+            self.watch_ends.append(how)
+            return how
+
         def chunk(event: Mapping[str, Any]) -> None:
             data = json.dumps(event).encode() + b"\n"
             handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -593,7 +597,7 @@ class StandIn:
         for _ in range(int(MAX_WATCH_SECONDS / _WATCH_TICK) * 100):
             if _client_left(handler):  # as a real server ends the watch of a closed connection
                 handler.close_connection = True
-                return "gone"
+                return ended("gone")
             with self._lock:
                 if since < self.compacted:  # asked from too long ago, or fell that far behind
                     pending.append({"type": "ERROR", "object": {
@@ -621,22 +625,24 @@ class StandIn:
                     wake = min(deadline, next_bookmark) if bookmarks else deadline
                     self._changed.wait(max(0.0, min(wake - now, _WATCH_TICK)))
                     continue
+            told = False
             try:
                 if end == "cut":
                     handler.close_connection = True
-                    return end  # no terminating chunk: the client sees the stream break
+                    return ended(end)  # no terminating chunk: the client sees the stream break
                 for event in pending:
                     chunk(event)
                 pending = []
                 if end:
+                    told = bool(ended(end))
                     handler.wfile.write(b"0\r\n\r\n")
                 handler.wfile.flush()
             except OSError:  # the client went away
                 handler.close_connection = True
-                return "gone"
+                return end if told else ended("gone")
             if end:
                 return end
-        return "timeout"  # pragma: no cover - the deadline comes first
+        return ended("timeout")  # pragma: no cover - the deadline comes first
 
     def _route(self, request: Request) -> tuple[int, Any]:
         group, rest = self._parts(request.path)
