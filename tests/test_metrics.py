@@ -61,6 +61,17 @@ def value(parsed: dict[Any, float], name: str, **labels: str) -> float:
     return parsed.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def metrics_once(base: str, name: str, least: float, **labels: str) -> dict[Any, float]:
+    """/metrics parsed, once ``name{labels}`` is at least ``least``. A pass records what it did
+    when it ends, a moment after its work is visible on the engine: read right after that, the
+    counters can still be behind (they were, on a loaded machine)."""
+    def reached() -> dict[Any, float] | None:
+        parsed = samples(get(base + "/metrics")[1])
+        return parsed if value(parsed, name, **labels) >= least else None
+    found: dict[Any, float] = wait_for(reached, BOUND, f"{name}{labels} at {least:g}")
+    return found
+
+
 def deploys(parsed: dict[Any, float]) -> float:
     """Deploy actions of any result."""
     return sum(v for (name, labels), v in parsed.items()
@@ -225,9 +236,8 @@ def test_run_brings_back_what_is_killed_removed_or_stopped_on_events(  # noqa: F
                      == "running", BOUND, f"{name} back after {how}")
         now = _states(engine, bench, manager)
         assert now[ids[1]][1] != old[ids[1]][1]  # the removed one was deployed again
-        text = get(base + "/metrics")[1]
-        outputs.append(text)
-        after = samples(text)
+        after = metrics_once(base, "xtm_composer_actions_total", 4, action="deploy", result="ok")
+        outputs.append(get(base + "/metrics")[1])  # scanned for secrets below
         assert value(after, "xtm_composer_passes_total", trigger="resync", result="ok") == 1
         assert value(after, "xtm_composer_passes_total", trigger="event", result="ok") >= 1
         assert value(after, "xtm_composer_actions_total", action="deploy", result="ok") == 4

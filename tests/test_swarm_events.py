@@ -27,7 +27,7 @@ from composer_plugins.swarm.tasks import LABEL_FAILED
 from tests.bench import SocketRelay, SwarmBench, api_clients, require_swarm
 from tests.conftest import assert_no_secrets
 from tests.engine_helpers import free_port, unique
-from tests.test_metrics import get, run_process, samples, value
+from tests.test_metrics import get, metrics_once, run_process, samples, value
 
 OURS = {LABEL_MANAGER: "m1"}
 #: seconds a reaction may take on the swarm in a test (2 shared CPUs; the figures are
@@ -240,7 +240,8 @@ def test_run_on_swarm_brings_back_a_service_removed_or_scaled_to_0_on_its_events
         wait_for(back(raw, owner, ids[1]), BOUND, f"{ids[1]} back after scale 0")
         assert services_of(raw, owner)[ids[1]]["id"] == old[ids[1]]["id"]  # scaled, not recreated
 
-        after = samples(get(base + "/metrics")[1])
+        # the scale-0 pass's start is the last action recorded
+        after = metrics_once(base, "xtm_composer_actions_total", 1, action="start", result="ok")
         # well within the 60 s schedule: on their events, not by the resync
         assert value(after, "xtm_composer_passes_total", trigger="resync", result="ok") == 1
         assert value(after, "xtm_composer_actions_total", action="deploy", result="ok") == 4
@@ -264,7 +265,7 @@ def test_run_on_swarm_brings_back_a_service_removed_or_scaled_to_0_on_its_events
                                kind="other") >= value(after, "xtm_composer_events_total",
                                                       kind="other") + 2, BOUND,
                  "the update's events streamed")
-        done = samples(get(base + "/metrics")[1])
+        done = metrics_once(base, "xtm_composer_actions_total", 1, action="replace", result="ok")
         assert value(done, "xtm_composer_passes_total", trigger="source", result="ok") == 1
         assert value(done, "xtm_composer_actions_total", action="replace", result="ok") == 1
         assert value(done, "xtm_composer_passes_total", trigger="event", result="ok") == 2
