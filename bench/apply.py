@@ -49,7 +49,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,7 @@ from composer_core.fleet.reconcile import Pass, Reconciler  # noqa: E402
 from composer_core.pluginmanager import Plugins  # noqa: E402
 from composer_core.settings import Settings, load_settings  # noqa: E402
 from tests.bench import START_HINT, load_bench  # noqa: E402
-from tests.engine_helpers import CountingRuntime  # noqa: E402
+from tests.engine_helpers import CountingRuntime, remove_labelled_on  # noqa: E402
 
 TARGET_RATIO = 0.70
 TARGET_STEADY_CALLS = 1
@@ -196,20 +195,8 @@ class Engine:
         return self.image_id(image_id) is not None
 
     def remove_labelled(self, manager: str) -> int:
-        label = f"{LABEL_MANAGER}={manager}"
-        if self.name == "docker":
-            ids = [c["Id"] for c in self.docker.containers(all=True, filters={"label": label})]
-
-            def remove(cid: str) -> None:
-                self.docker.remove_container(cid, force=True)
-        else:
-            ids = [c.id for c in self.podman.containers.list(all=True, filters={"label": label})]
-
-            def remove(cid: str) -> None:
-                self.podman.api.delete(f"/containers/{cid}", params={"force": True, "timeout": 0})
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(remove, ids))
-        return len(ids)
+        return len(remove_labelled_on(self.name, self.docker if self.name == "docker"
+                                      else self.podman, LABEL_MANAGER, manager))
 
     def loop_script(self, reference: str, connectors: list[Connector], manager: str) -> str:
         """``pull`` once, then one ``run -d`` per connector, as a shell loop would."""

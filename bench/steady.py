@@ -51,7 +51,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,6 +63,7 @@ import yaml  # noqa: E402
 from bench.apply import HttpCounter, run_engines  # noqa: E402
 from composer_core.engine.labels import LABEL_MANAGER  # noqa: E402
 from tests.bench import SocketRelay  # noqa: E402
+from tests.engine_helpers import remove_labelled_on  # noqa: E402
 
 ENGINES = ("docker", "podman")
 TARGET_QUIET = 0
@@ -321,21 +321,7 @@ class Engine:
                        self.client.containers.list(all=True, filters={"label": label}))
 
     def remove_labelled(self, manager: str) -> int:
-        label = f"{LABEL_MANAGER}={manager}"
-        if self.name == "docker":
-            ids = [c["Id"] for c in self.client.containers(all=True, filters={"label": label})]
-
-            def remove(cid: str) -> None:
-                self.client.remove_container(cid, force=True)
-        else:
-            ids = [c.id for c in self.client.containers.list(all=True,
-                                                              filters={"label": label})]
-
-            def remove(cid: str) -> None:
-                self.client.api.delete(f"/containers/{cid}", params={"force": True, "timeout": 0})
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(remove, ids))
-        return len(ids)
+        return len(remove_labelled_on(self.name, self.client, LABEL_MANAGER, manager))
 
     def close(self) -> None:
         self.client.close()

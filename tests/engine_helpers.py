@@ -20,6 +20,7 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -75,19 +76,30 @@ def _podman_kill_remove(client: Any, name: str) -> None:
 def remove_labelled(engine: str, bench: Any, label: str, value: str) -> list[str]:
     """Force-remove every container with ``label=value`` on ``engine``; return their names."""
     client = raw_client(engine, bench)
-    removed: list[str] = []
     try:
-        if engine == "docker":
-            for c in client.containers(all=True, filters={"label": f"{label}={value}"}):
-                client.remove_container(c["Id"], force=True)
-                removed.append(c["Names"][0].lstrip("/"))
-        else:
-            for c in client.containers.list(all=True, filters={"label": f"{label}={value}"}):
-                removed.append(c.name)
-                _podman_kill_remove(client, c.id)
+        return remove_labelled_on(engine, client, label, value)
     finally:
         client.close()
-    return removed
+
+
+def remove_labelled_on(engine: str, client: Any, label: str, value: str) -> list[str]:
+    """:func:`remove_labelled` with an open ``client`` (docker-py's APIClient or a
+    PodmanClient), four at a time (the benchmarks remove fleets of a thousand)."""
+    if engine == "docker":
+        found = [(c["Id"], c["Names"][0].lstrip("/"))
+                 for c in client.containers(all=True, filters={"label": f"{label}={value}"})]
+
+        def remove(cid: str) -> None:
+            client.remove_container(cid, force=True)
+    else:
+        found = [(c.id, c.name)
+                 for c in client.containers.list(all=True, filters={"label": f"{label}={value}"})]
+
+        def remove(cid: str) -> None:
+            _podman_kill_remove(client, cid)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(remove, [cid for cid, _ in found]))
+    return [name for _, name in found]
 
 
 def remove_by_name(engine: str, bench: Any, name: str) -> None:
