@@ -283,22 +283,6 @@ def test_healthz_flips_when_the_engine_stays_down_and_back(engine, bench, manage
             relay.down()
 
 
-@pytest.mark.parametrize(("environ", "key", "words"), [
-    ({"MANAGER__METRICS__ENABLE": "sometimes"}, "manager.metrics.enable", "true or false"),
-    ({"MANAGER__METRICS__PORT": "70000"}, "manager.metrics.port", "at most 65535"),
-    ({"MANAGER__METRICS__PORT": "http"}, "manager.metrics.port", "a port number"),
-    ({"MANAGER__METRICS__HOST": "a\nb"}, "manager.metrics.host", "control character"),
-])
-def test_metrics_settings_are_validated(isolated_env: Path, environ, key, words) -> None:
-    from composer_core.errors import SettingsError
-    from composer_core.settings import load_settings
-
-    with pytest.raises(SettingsError) as err:
-        load_settings(environ=environ, cwd=isolated_env)
-    assert key in err.value.message and words in err.value.message
-    assert err.value.exit_code == 2
-
-
 def test_metrics_are_off_by_default_and_a_taken_port_is_a_usage_error(
         make_settings, isolated_env: Path) -> None:
     from composer_core.errors import UsageError

@@ -103,6 +103,10 @@ def test_environment_values_are_typed(isolated_env: Path) -> None:
     ({"AUTH__CHAIN": "config,config"}, "auth.chain", "more than once"),
     ({"AUTH__CHAIN": "[]"}, "auth.chain", "at least one provider"),
     ({"MANAGER__MAX_PARALLEL": "0"}, "manager.max_parallel", "at least 1"),
+    ({"MANAGER__METRICS__ENABLE": "sometimes"}, "manager.metrics.enable", "true or false"),
+    ({"MANAGER__METRICS__PORT": "70000"}, "manager.metrics.port", "at most 65535"),
+    ({"MANAGER__METRICS__PORT": "http"}, "manager.metrics.port", "a port number"),
+    ({"MANAGER__METRICS__HOST": "a\nb"}, "manager.metrics.host", "control character"),
 ])
 def test_each_validation_error_names_key_and_origin(isolated_env: Path, environ, key, words) -> None:
     with pytest.raises(SettingsError) as err:
