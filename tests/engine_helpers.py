@@ -116,14 +116,21 @@ def remove_by_name(engine: str, bench: Any, name: str) -> None:
         client.close()
 
 
-def create_unmanaged(engine: str, bench: Any, name: str, image: str) -> None:
-    """A container xtm-composer did not create (no manager label), made with the raw SDK."""
+def create_unmanaged(engine: str, bench: Any, name: str, image: str, *,
+                     labels: dict[str, str] | None = None, start: bool = False) -> None:
+    """A container xtm-composer did not create (no manager label), made with the raw SDK;
+    ``labels`` instead of ``xtm-test=unmanaged``; ``start``: started too."""
+    labels = {"xtm-test": "unmanaged"} if labels is None else labels
     client = raw_client(engine, bench)
     try:
         if engine == "docker":
-            client.create_container(image, name=name, labels={"xtm-test": "unmanaged"})
+            client.create_container(image, name=name, labels=labels)
+            if start:
+                client.start(name)
         else:
-            client.containers.create(image, name=name, labels={"xtm-test": "unmanaged"})
+            container = client.containers.create(image, name=name, labels=labels)
+            if start:
+                container.start()
     finally:
         client.close()
 

@@ -27,6 +27,7 @@ from composer_core.testing import InMemoryBackend, wait_for
 from tests.bench import SocketRelay
 from tests.conftest import assert_no_secrets
 from tests.engine_helpers import (  # noqa: F401 - fixtures
+    create_unmanaged,
     engine,
     free_port,
     manager,
@@ -166,16 +167,8 @@ def _states(which: str, bench: Any, owner: str) -> dict[str, tuple[str, str]]:
 def _unmanaged_burst(which: str, bench: Any, name: str, connector: str) -> None:
     """A container not ours (no owner label, though it names a connector of ours) created,
     started and removed."""
-    image = f"{bench.registry_open}/{bench.image}"
-    client = raw_client(which, bench)
-    try:
-        if which == "docker":
-            client.create_container(image, name=name, labels={LABEL_CONNECTOR: connector})
-            client.start(name)
-        else:
-            client.containers.create(image, name=name, labels={LABEL_CONNECTOR: connector}).start()
-    finally:
-        client.close()
+    create_unmanaged(which, bench, name, f"{bench.registry_open}/{bench.image}",
+                     labels={LABEL_CONNECTOR: connector}, start=True)
     remove_by_name(which, bench, name)
 
 
