@@ -119,15 +119,20 @@ def remove_by_name(engine: str, bench: Any, name: str) -> None:
 def create_unmanaged(engine: str, bench: Any, name: str, image: str, *,
                      labels: dict[str, str] | None = None, start: bool = False) -> None:
     """A container xtm-composer did not create (no manager label), made with the raw SDK;
-    ``labels`` instead of ``xtm-test=unmanaged``; ``start``: started too."""
+    ``labels`` instead of ``xtm-test=unmanaged``; ``start``: started too. ``image`` (of an
+    anonymous bench registry) is pulled first: tests and benchmarks before may have removed it
+    (tests/test_bench.py does), and a create does not pull."""
     labels = {"xtm-test": "unmanaged"} if labels is None else labels
+    repo, tag = image.rsplit(":", 1) if ":" in image.rsplit("/", 1)[-1] else (image, "latest")
     client = raw_client(engine, bench)
     try:
         if engine == "docker":
+            client.pull(repo, tag=tag)
             client.create_container(image, name=name, labels=labels)
             if start:
                 client.start(name)
         else:
+            client.images.pull(repo, tag=tag, tls_verify=False)  # plain HTTP or the bench's CA
             container = client.containers.create(image, name=name, labels=labels)
             if start:
                 container.start()
