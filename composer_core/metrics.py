@@ -293,6 +293,8 @@ class PrometheusMetrics(Metrics):
         #: label sets whose counters were made at 0 (:meth:`_first_seen`)
         self._seen: set[tuple[str, ...]] = set()
         self._seen_lock = threading.Lock()
+        #: a scrape sees a pass's counters all or none (:meth:`pass_done`, :meth:`text`)
+        self._pass_lock = threading.Lock()
         for trigger in TRIGGERS:
             for result in ("ok", "failed"):
                 self.passes.labels(trigger, result)
@@ -302,19 +304,21 @@ class PrometheusMetrics(Metrics):
                 self.credentials.labels(provider, outcome)
 
     def pass_done(self, trigger: str, result: Pass, seconds: float) -> None:
-        self.passes.labels(trigger, "ok").inc()
-        self.pass_seconds.labels(trigger).observe(seconds)
-        self.last_success.set(time.time())
-        for step in result.steps:
-            if step.action == "nothing" and step.result == "ok":
-                continue
-            self.actions.labels(step.action, step.result).inc()
-            if step.error is not None and step.error.kind in REGISTRY_ERROR_KINDS:
-                self.registry_errors.labels(REGISTRY_ERROR_KINDS[step.error.kind]).inc()
+        with self._pass_lock:
+            self.passes.labels(trigger, "ok").inc()
+            self.pass_seconds.labels(trigger).observe(seconds)
+            self.last_success.set(time.time())
+            for step in result.steps:
+                if step.action == "nothing" and step.result == "ok":
+                    continue
+                self.actions.labels(step.action, step.result).inc()
+                if step.error is not None and step.error.kind in REGISTRY_ERROR_KINDS:
+                    self.registry_errors.labels(REGISTRY_ERROR_KINDS[step.error.kind]).inc()
 
     def pass_failed(self, trigger: str, seconds: float) -> None:
-        self.passes.labels(trigger, "failed").inc()
-        self.pass_seconds.labels(trigger).observe(seconds)
+        with self._pass_lock:
+            self.passes.labels(trigger, "failed").inc()
+            self.pass_seconds.labels(trigger).observe(seconds)
 
     def event(self, kind: str) -> None:
         self.events.labels(kind).inc()
@@ -385,7 +389,8 @@ class PrometheusMetrics(Metrics):
     def text(self) -> bytes:
         from prometheus_client import generate_latest
 
-        return bytes(generate_latest(self.registry))
+        with self._pass_lock:
+            return bytes(generate_latest(self.registry))
 
 
 class MetricsServer:

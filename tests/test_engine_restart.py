@@ -352,8 +352,9 @@ def restart_under_run(which: str, engine: PrivateEngine, bench: Any, tmp_path: P
             remove(which, engine.host, ids[0])
             wait_for(lambda: ours().get(ids[0], ("", after[ids[0]][1]))[1] != after[ids[0]][1]
                      and running([ids[0]])(), BOUND, f"{ids[0]} back after rm -f")
-            assert metric(base, "xtm_composer_passes_total", trigger="event",
-                          result="ok") > events_before
+            # counted when the pass ends, a moment after its work is visible
+            wait_for(lambda: metric(base, "xtm_composer_passes_total", trigger="event",
+                                    result="ok") > events_before, BOUND, "the event pass counted")
             assert metric(base, "xtm_composer_passes_total", trigger="resync", result="ok") == 1
         log = "\n".join(outputs)
         assert "event stream broken, reconnecting" in log

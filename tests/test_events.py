@@ -173,7 +173,9 @@ def test_a_changed_file_runs_a_pass_at_once(harness) -> None:
     wait_for(lambda: h.ours() == {"ev-f": "running"}, BOUND, "deployed")
     fleet(h.path, ["ev-f", "ev-g"])  # type: ignore[attr-defined]
     wait_for(lambda: h.ours() == {"ev-f": "running", "ev-g": "running"}, BOUND, "ev-g deployed")
-    assert h.passes("source") == 1 and h.passes("resync") == 1
+    # a pass is counted when it ends, a moment after its work is visible on the engine
+    wait_for(lambda: h.passes("source") == 1, BOUND, "the source pass counted")
+    assert h.passes("resync") == 1
 
 
 def test_the_inbox_debounces_and_ignores_what_is_not_disruptive() -> None:

@@ -94,6 +94,44 @@ def test_health_is_ok_while_passes_are_recent_and_503_with_a_reason_after() -> N
     assert status == 503 and body["reason"].endswith(": Docker does not answer")
 
 
+def test_a_scrape_sees_a_pass_recorded_whole_or_not_at_all() -> None:
+    """A pass's counters (passes, duration, actions) are recorded together: a scrape between
+    them would show a pass without its actions, or the other way round."""
+    import threading
+
+    from composer_core.fleet.reconcile import Pass, PlannedStep
+
+    metrics = PrometheusMetrics()
+    done = Pass(steps=[PlannedStep("c1", "c1", "deploy", "new", result="ok"),
+                       PlannedStep("c2", "c2", "start", "stopped", result="failed")],
+                runtime="memory")
+    enough = threading.Event()
+
+    def record() -> None:
+        for _ in range(1_000_000):  # bounded; the scrapes below end it long before
+            if enough.is_set():
+                return
+            metrics.pass_done("event", done, 0.01)
+
+    recorder = threading.Thread(target=record, daemon=True)
+    recorder.start()
+    seen = set()
+    try:
+        for _ in range(200):
+            parsed = samples(metrics.text().decode())
+            counts = (value(parsed, "xtm_composer_passes_total", trigger="event", result="ok"),
+                      value(parsed, "xtm_composer_pass_duration_seconds_count", trigger="event"),
+                      value(parsed, "xtm_composer_actions_total", action="deploy", result="ok"),
+                      value(parsed, "xtm_composer_actions_total", action="start",
+                            result="failed"))
+            assert len(set(counts)) == 1, counts
+            seen.add(counts[0])
+    finally:
+        enough.set()
+        recorder.join(30)
+    assert len(seen) > 1  # scrapes did fall between passes
+
+
 def test_metrics_and_healthz_over_http_follow_the_passes(harness) -> None:  # noqa: F811
     secret = "s3cr3t-" + unique("v")
     metrics = PrometheusMetrics()
@@ -104,12 +142,11 @@ def test_metrics_and_healthz_over_http_follow_the_passes(harness) -> None:  # no
     try:
         wait_for(lambda: h.ours() == {"m-a": "running", "m-b": "running"}, BOUND, "deployed")
         wait_for(lambda: h.runner.watcher is not None and h.runner.watcher.opened, BOUND, "stream")
-        status, text = get(base + "/metrics")
-        parsed = samples(text)
-        assert status == 200
+        # the connector gauges are the last a full pass records
+        parsed = metrics_once(base, "xtm_composer_connectors_desired", 2, state="started")
         assert value(parsed, "xtm_composer_actions_total", action="deploy", result="ok") == 2
         assert value(parsed, "xtm_composer_connectors_desired", state="started") == 2
-        assert get(base + "/healthz")[0] == 200
+        assert get(base + "/metrics")[0] == 200 and get(base + "/healthz")[0] == 200
         backend.out_of_band("remove", "m-a")
         wait_for(lambda: value(samples(get(base + "/metrics")[1]), "xtm_composer_actions_total",
                                action="deploy", result="ok") == 3, BOUND, "the redeploy counted")

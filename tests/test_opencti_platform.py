@@ -306,7 +306,9 @@ def test_run_lists_between_resyncs_and_deploys_a_platform_change_at_once(platfor
         platform.get(a).requested = "starting"
         wait_for(lambda: [c.status for c in backend.runtime.containers.values()] == ["running"], 10,
                  "the connector started on the platform deployed, long before the 60 s resync")
-        assert runner.passes.get("source") == 1 and runner.passes.get("resync") == 1
+        # counted when the pass ends, a moment after its work is visible
+        wait_for(lambda: runner.passes.get("source") == 1, 10, "the source pass counted")
+        assert runner.passes.get("resync") == 1
     finally:
         stop.set()
         thread.join(15)
