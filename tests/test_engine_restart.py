@@ -193,7 +193,8 @@ class PrivateDocker(PrivateEngine):
 
     def command(self) -> list[str]:
         r = self.root
-        tag = r.name.replace("-", "")
+        # a containerd namespace is words joined by single [._-]: mkdtemp's name may hold "__"
+        tag = "".join(ch for ch in r.name if ch.isalnum())
         return ["dockerd", "--config-file", str(r / "daemon.json"), "-H", self.host,
                 "--data-root", str(r / "data"), "--exec-root", str(r / "exec"),
                 "--pidfile", str(r / "dockerd.pid"), "--iptables=false", "--ip6tables=false",

@@ -220,14 +220,19 @@ def run_process(which: str, path: Path | None, env: dict[str, str]) -> Iterator[
                              *source, "--stop-timeout", "1"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     outputs: list[str] = []
+    failed = True
     try:
         yield proc, outputs
         proc.send_signal(signal.SIGTERM)
         outputs += list(proc.communicate(timeout=60))
+        failed = False
     finally:
         if proc.poll() is None:
             proc.kill()
             outputs += list(proc.communicate())
+        if failed and outputs:  # shown with the failure: what `run` was doing
+            print(f"--- run's log, the block having failed ---\n{outputs[-1][-8000:]}",
+                  file=sys.stderr)
     assert proc.returncode == 0, outputs[-1][-3000:]
     assert "Traceback" not in "\n".join(outputs)
 
