@@ -346,16 +346,16 @@ def restart_under_run(which: str, engine: PrivateEngine, bench: Any, tmp_path: P
             after = ours()
             assert set(after) == set(ids)
             figures["replaced"] = sorted(n for n in ids[:2] if after[n][1] != before[n][1])
-            # the new stream works: a removal after the restart is repaired on its event,
-            # well within the 60 s schedule
-            events_before = metric(base, "xtm_composer_passes_total", trigger="event",
-                                   result="ok")
+            # the new stream works: a removal after the restart arrives on it and is repaired
+            # well within the 60 s schedule. Mostly by an event pass; but a full pass still
+            # pending from the restart (the file's change seen while the engine was down) covers
+            # the event when it comes first, so the test does not insist on the event pass.
+            removals = metric(base, "xtm_composer_events_total", kind="removed")
             remove(which, engine.host, ids[0])
             wait_for(lambda: ours().get(ids[0], ("", after[ids[0]][1]))[1] != after[ids[0]][1]
                      and running([ids[0]])(), BOUND, f"{ids[0]} back after rm -f")
-            # counted when the pass ends, a moment after its work is visible
-            wait_for(lambda: metric(base, "xtm_composer_passes_total", trigger="event",
-                                    result="ok") > events_before, BOUND, "the event pass counted")
+            wait_for(lambda: metric(base, "xtm_composer_events_total", kind="removed")
+                     > removals, BOUND, "the removal received on the new stream")
             assert metric(base, "xtm_composer_passes_total", trigger="resync", result="ok") == 1
         log = "\n".join(outputs)
         assert "event stream broken, reconnecting" in log
