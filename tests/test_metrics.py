@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,7 @@ import yaml
 
 from composer_core.engine.labels import LABEL_CONNECTOR, LABEL_MANAGER
 from composer_core.errors import RuntimeUnavailable
+from composer_core.fleet.reconcile import Pass, PlannedStep
 from composer_core.metrics import Health, MetricsServer, PrometheusMetrics
 from composer_core.testing import InMemoryBackend, wait_for
 from tests.bench import SocketRelay
@@ -97,10 +99,6 @@ def test_health_is_ok_while_passes_are_recent_and_503_with_a_reason_after() -> N
 def test_a_scrape_sees_a_pass_recorded_whole_or_not_at_all() -> None:
     """A pass's counters (passes, duration, actions) are recorded together: a scrape between
     them would show a pass without its actions, or the other way round."""
-    import threading
-
-    from composer_core.fleet.reconcile import Pass, PlannedStep
-
     metrics = PrometheusMetrics()
     done = Pass(steps=[PlannedStep("c1", "c1", "deploy", "new", result="ok"),
                        PlannedStep("c2", "c2", "start", "stopped", result="failed")],
